@@ -1,0 +1,237 @@
+"""The Python API: stage bytes, finish with a digest, wait for the verified commit.
+
+::
+
+    ing = Ingest.from_env()
+    up = ing.start_upload("library/ubuntu")
+    up.write(chunk)
+    ticket = up.finish("sha256:…")
+    result = ticket.wait(timeout=30)          # dict, or raises the recorded IngestError
+    with ing.open("library/ubuntu", "sha256:…") as blob: ...
+
+The facade wires a storage driver and a :class:`~ingest.queue.TaskQueue`
+together; it holds no per-upload state, so any number of processes can serve
+the same uploads.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ingest.blobs import BlobInfo, BlobReader, BlobStore
+from ingest.config import Settings
+from ingest.digests import new_verifier, parse_digest
+from ingest.errors import BlobUploadInvalid, SizeInvalid, StorageUnavailable
+from ingest.queue import CeleryTaskQueue, TaskQueue
+from ingest.storage.base import StorageDriver
+from ingest.storage.filesystem import FilesystemDriver
+from ingest.uploads import Staging, UploadInfo, UploadRecord, UploadState, UploadWriter
+
+__all__ = ["Ingest", "Ticket", "Upload", "UploadStatus"]
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A handle on one verification attempt."""
+
+    upload_id: str
+    task_id: str
+    _queue: TaskQueue
+    _done: dict[str, Any] | None = None
+
+    def wait(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The committed result dict; raises the recorded IngestError (e.g. DigestInvalid),
+        or VerificationTimeout when ``timeout`` seconds pass first."""
+        if self._done is not None:
+            return self._done
+        return self._queue.wait(self.task_id, timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStatus:
+    """Everything known about an upload: staged size, lifecycle, live progress, outcome."""
+
+    upload_id: str
+    repository: str
+    started_at: float
+    last_activity: float
+    state: str
+    offset: int
+    claimed_digest: str | None
+    task_id: str | None
+    attempt: int
+    task_state: str | None
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+class Upload(UploadWriter):
+    """An open upload session (the seed design's LayerUpload)."""
+
+    def __init__(self, ingest: Ingest, info: UploadInfo) -> None:
+        super().__init__(ingest.staging, info, max_size=ingest.settings.max_blob_size)
+        self._ingest = ingest
+
+    def finish(self, digest: str, size: int | None = None) -> Ticket:
+        """Freeze the upload and enqueue its verification; returns at once.
+
+        Malformed or unsupported digests and a wrong ``size`` are rejected here,
+        before any work is queued. The handle is closed afterwards.
+        """
+        self._check_open_handle()
+        self.close()
+        return self._ingest._finish(self.id, digest, size)
+
+    def cancel(self) -> None:
+        """Discard the upload and its staged bytes."""
+        self._check_open_handle()
+        self.close()
+        self._ingest.staging.cancel(self.id)
+
+
+class Ingest:
+    """Entry point of the library."""
+
+    def __init__(self, driver: StorageDriver, queue: TaskQueue, settings: Settings | None = None) -> None:
+        self.driver = driver
+        self.queue = queue
+        self.settings = settings or Settings()
+        self.staging = Staging(driver)
+        self.blobs = BlobStore(driver)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Ingest:
+        """Filesystem storage and a Celery queue configured from the environment."""
+        settings = Settings.from_env(os.environ if environ is None else environ)
+        return cls.from_settings(settings)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Ingest:
+        queue = CeleryTaskQueue.from_urls(
+            settings.broker_url, settings.result_backend, settings.visibility_timeout
+        )
+        return cls(FilesystemDriver(settings.storage_root), queue, settings)
+
+    # -- uploads ----------------------------------------------------------------------
+
+    def start_upload(self, repository: str) -> Upload:
+        return Upload(self, self.staging.create(repository))
+
+    def resume(self, repository: str, upload_id: str) -> Upload:
+        """Reopen an upload created by any process sharing the storage."""
+        info = self.staging.info(upload_id, repository)
+        record = self.staging.state(upload_id)
+        if record.state is not UploadState.OPEN:
+            raise BlobUploadInvalid(
+                f"upload is {record.state.value}", {"upload_id": upload_id, "state": record.state.value}
+            )
+        return Upload(self, info)
+
+    def _finish(self, upload_id: str, digest: str, size: int | None) -> Ticket:
+        claimed = parse_digest(digest)
+        new_verifier(claimed)  # unsupported tarsum labels fail now, not in a worker
+        if size is not None and size < 0:
+            raise SizeInvalid("size must not be negative", {"size": size})
+        done = self.staging.result(upload_id)
+        if done is not None:
+            if done.get("digest") != str(claimed):
+                raise BlobUploadInvalid(
+                    "upload already committed with another digest",
+                    {"upload_id": upload_id, "digest": done.get("digest")},
+                )
+            return Ticket(upload_id, str(done.get("task_id") or ""), self.queue, done)
+        record = self.staging.state(upload_id)
+        if record.state in (UploadState.FINISHING, UploadState.VERIFIED):
+            if record.claimed_digest == str(claimed) and record.task_id:
+                return Ticket(upload_id, record.task_id, self.queue)  # finish is idempotent
+            raise BlobUploadInvalid(
+                "upload is already being verified", {"upload_id": upload_id, "state": record.state.value}
+            )
+        staged = self.staging.size(upload_id)
+        if size is not None and size != staged:
+            raise SizeInvalid(
+                f"upload has {staged} bytes, {size} were claimed", {"claimed": size, "computed": staged}
+            )
+        if staged > self.settings.max_blob_size:
+            raise SizeInvalid("blob exceeds the maximum size", {"limit": self.settings.max_blob_size})
+        return self._enqueue(upload_id, record, str(claimed), size, staged)
+
+    def _enqueue(self, upload_id: str, record: UploadRecord, digest: str, size: int | None, staged: int) -> Ticket:
+        task_id = str(uuid.uuid4())
+        # Record the attempt before sending, so a task can never run against a
+        # state that does not know it; if sending fails, reopen the upload.
+        new = self.staging.transition(
+            upload_id, record, UploadState.FINISHING, claimed_digest=digest, expected_size=size,
+            size=staged, task_id=task_id, attempt=record.attempt + 1, error=None, verified=None,
+        )
+        try:
+            self.queue.enqueue_verify(
+                upload_id, digest, size, task_id=task_id, time_limit=self.settings.time_limit(staged)
+            )
+        except StorageUnavailable:
+            self.staging.transition(upload_id, new, record.state)
+            raise
+        return Ticket(upload_id, task_id, self.queue)
+
+    def retry(self, upload_id: str, digest: str | None = None) -> Ticket:
+        """Re-enqueue a failed verification as a new attempt (optionally with a
+        corrected digest). Committed uploads are refused with BlobUploadInvalid,
+        cancelled or unknown ones with BlobUploadUnknown."""
+        self.staging.info(upload_id)
+        if self.staging.result(upload_id) is not None:
+            raise BlobUploadInvalid("upload is already committed", {"upload_id": upload_id})
+        record = self.staging.state(upload_id)
+        if record.state is not UploadState.FAILED:
+            raise BlobUploadInvalid(
+                f"only failed verifications can be retried; this upload is {record.state.value}",
+                {"upload_id": upload_id, "state": record.state.value},
+            )
+        claim = digest if digest is not None else record.claimed_digest
+        if claim is None:
+            raise BlobUploadInvalid("no digest to verify against", {"upload_id": upload_id})
+        new_verifier(parse_digest(claim))
+        return self._enqueue(upload_id, record, claim, record.expected_size, self.staging.size(upload_id))
+
+    def status(self, upload_id: str) -> UploadStatus:
+        info = self.staging.info(upload_id)
+        record = self.staging.state(upload_id)
+        result = self.staging.result(upload_id)
+        task_state = progress = None
+        error = record.error
+        if result is None and record.task_id and record.state in (
+            UploadState.FINISHING, UploadState.VERIFIED,
+        ):
+            try:
+                ti = self.queue.info(record.task_id)
+            except Exception:  # noqa: BLE001 - status must not fail on a backend hiccup
+                ti = None
+            if ti is not None:
+                task_state, progress = ti.state, ti.progress
+                error = error or ti.error
+        state = UploadState.COMMITTED.value if result is not None else record.state.value
+        offset = result["size"] if result is not None else self.staging.size(upload_id)
+        return UploadStatus(
+            upload_id, info.repository, info.started_at, self.staging.last_activity(upload_id),
+            state, offset, record.claimed_digest, record.task_id, record.attempt, task_state,
+            progress, result, error,
+        )
+
+    def cancel(self, upload_id: str) -> None:
+        self.staging.cancel(upload_id)
+
+    # -- blobs ------------------------------------------------------------------------
+
+    def open(self, repository: str, digest: str) -> BlobReader:
+        """A seekable reader of a blob linked in ``repository`` (BlobUnknown otherwise)."""
+        return self.blobs.open(repository, digest)
+
+    def stat(self, repository: str, digest: str) -> BlobInfo:
+        return self.blobs.stat(repository, digest)

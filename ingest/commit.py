@@ -1,0 +1,261 @@
+"""Verify a staged upload and commit it into content-addressed storage.
+
+:func:`commit_upload` is the body of the verification task, free of Celery so it
+can be tested and reused directly. It is **idempotent** and safe to run twice
+at once for the same upload (the Redis broker redelivers; clients re-finish).
+
+Why no lock: every step is either a pure function of the staged bytes or an
+atomic, repeatable storage operation, and progress is recorded in storage
+*before* the step that destroys its input:
+
+1. ``result.json`` exists → return it (already committed).
+2. Stream the staged bytes once, computing the canonical sha256 and the claimed
+   digest together. Mismatch → state ``failed`` with the error, data kept.
+3. Record ``verified`` (canonical digest, size) in ``state.json``. Only now may
+   the staged data disappear, because a rerun that finds it gone can trust this
+   record instead of re-hashing.
+4. Move the data into ``/blobs/sha256/…`` (fsync, atomic rename), or drop it if
+   that blob already exists (dedup). Two runners racing here both end with the
+   same bytes under the same name.
+5. Write the links (atomic temp + rename; same content if repeated).
+6. Write ``result.json`` (atomic), then remove the staging data.
+
+A crash between any two steps leaves a state from which a rerun completes the
+commit, and no state in which a link names a missing blob. A lease would only
+save the duplicate hashing work of a rare double delivery; it would add a lock
+expiry to reason about for no gain in safety.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ingest import paths
+from ingest.blobs import BlobStore
+from ingest.digests import CANONICAL_ALGORITHM, Digest, new_hasher, new_verifier, parse_digest
+from ingest.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    IngestError,
+    SizeInvalid,
+)
+from ingest.storage.base import PathNotFound, StorageDriver
+from ingest.uploads import Staging, UploadRecord, UploadState
+
+__all__ = ["VERIFY_CHUNK", "Progress", "commit_upload", "compute_digests", "mark_failed"]
+
+#: Read size of the verification pass: large enough that hashing, not Python,
+#: dominates; small enough to keep the worker's memory flat.
+VERIFY_CHUNK = 4 << 20
+#: Minimum seconds between two progress reports.
+PROGRESS_INTERVAL = 1.0
+
+#: ``progress(done_bytes, total_bytes)``
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Computed:
+    canonical: str
+    claimed: str  # the claimed kind of digest, as computed
+    size: int
+
+
+def compute_digests(
+    driver: StorageDriver,
+    path: str,
+    claimed: Digest,
+    *,
+    total: int | None = None,
+    progress: Progress | None = None,
+    chunk_size: int = VERIFY_CHUNK,
+) -> Computed:
+    """One streaming pass over ``path`` computing sha256 and ``claimed``'s digest.
+
+    Memory is one reused buffer of ``chunk_size`` bytes whatever the blob size.
+    """
+    canonical = new_hasher(CANONICAL_ALGORITHM)
+    same = claimed.algorithm == CANONICAL_ALGORITHM
+    other = None if same else new_verifier(claimed)
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    size = 0
+    last_report = time.monotonic()
+    f = driver.reader(path)
+    try:
+        if total is None:
+            total = driver.stat(path).size
+        if progress is not None:
+            progress(0, total)
+        readinto = f.readinto  # type: ignore[attr-defined]
+        while True:
+            n = readinto(view)
+            if not n:
+                break
+            chunk = view[:n]
+            canonical.update(chunk)
+            if other is not None:
+                other.update(chunk)
+            size += n
+            if progress is not None:
+                now = time.monotonic()
+                if now - last_report >= PROGRESS_INTERVAL:
+                    last_report = now
+                    progress(size, total)
+    finally:
+        f.close()
+    canonical_digest = canonical.result()
+    claimed_digest = canonical_digest if other is None else other.result()
+    return Computed(canonical_digest, claimed_digest, size)
+
+
+def mark_failed(staging: Staging, upload_id: str, error: IngestError) -> None:
+    """Record a failed verification (unless the upload committed meanwhile)."""
+    if staging.result(upload_id) is not None:
+        return
+    try:
+        record = staging.state(upload_id)
+    except BlobUploadUnknown:
+        return
+    staging.transition(upload_id, record, UploadState.FAILED, error=error.to_dict())
+
+
+def commit_upload(
+    driver: StorageDriver,
+    upload_id: str,
+    claimed_digest: str,
+    expected_size: int | None = None,
+    *,
+    progress: Progress | None = None,
+    task_id: str | None = None,
+    chunk_size: int = VERIFY_CHUNK,
+) -> dict[str, Any]:
+    """Verify upload ``upload_id`` against ``claimed_digest`` and commit it.
+
+    Returns the committed result (a JSON-safe dict). Raises DigestInvalid or
+    SizeInvalid (recorded in the upload's state, data kept for a retry),
+    BlobUploadUnknown, or StorageUnavailable (transient: retry the call).
+    """
+    started = time.monotonic()
+    staging = Staging(driver)
+    blobs = BlobStore(driver)
+    paths.validate_upload_id(upload_id)
+
+    done = staging.result(upload_id)
+    if done is not None:
+        return done
+    info = staging.info(upload_id)
+    claimed = parse_digest(claimed_digest)
+    record = staging.state(upload_id)
+    if task_id is not None and record.task_id is not None and record.task_id != task_id:
+        # A late duplicate of an earlier attempt: the newer attempt owns the upload.
+        raise BlobUploadInvalid(
+            "verification attempt superseded by a newer one",
+            {"reason": "superseded", "upload_id": upload_id, "task_id": task_id},
+        )
+    data_path = paths.upload_data_path(upload_id)
+
+    verified = record.verified if record.state is UploadState.VERIFIED else None
+    if verified is None or verified.get("claimed") != str(claimed):
+        try:
+            computed = compute_digests(
+                driver, data_path, claimed, total=record.size, progress=progress,
+                chunk_size=chunk_size,
+            )
+        except PathNotFound:
+            return _finished_elsewhere(staging, upload_id)
+        try:
+            _check(computed, claimed, expected_size, record)
+        except (DigestInvalid, SizeInvalid) as exc:
+            mark_failed(staging, upload_id, exc)
+            raise
+        verified = {"canonical": computed.canonical, "claimed": str(claimed), "size": computed.size}
+        if (done := staging.result(upload_id)) is not None:
+            return done  # a concurrent runner committed while we hashed
+        record = staging.transition(upload_id, record, UploadState.VERIFIED, verified=verified)
+
+    canonical = parse_digest(verified["canonical"])
+    size = int(verified["size"])
+    deduplicated = _place_blob(blobs, driver, data_path, canonical, size, upload_id)
+
+    blobs.link(info.repository, canonical, canonical)
+    if claimed != canonical:
+        blobs.link(info.repository, claimed, canonical)
+
+    result: dict[str, Any] = {
+        "status": "committed",
+        "upload_id": upload_id,
+        "repository": info.repository,
+        "digest": str(claimed),
+        "canonical_digest": str(canonical),
+        "size": size,
+        "deduplicated": deduplicated,
+        "duration": round(time.monotonic() - started, 6),
+        "task_id": task_id,
+        "committed_at": time.time(),
+    }
+    if (done := staging.result(upload_id)) is not None:
+        return done  # first writer wins: every caller sees one result
+    staging.write_result(upload_id, result)
+    staging.transition(upload_id, record, UploadState.COMMITTED)
+    try:
+        driver.delete(data_path)
+    except PathNotFound:
+        pass
+    return result
+
+
+def _check(computed: Computed, claimed: Digest, expected_size: int | None, record: UploadRecord) -> None:
+    if record.size is not None and computed.size != record.size:
+        # Bytes landed after finish() froze the size: never commit what was not verified
+        # as the client finished it.
+        raise BlobUploadInvalid(
+            "staged data changed after finish",
+            {"reason": "modified", "expected_size": record.size, "size": computed.size},
+        )
+    if expected_size is not None and computed.size != expected_size:
+        raise SizeInvalid(
+            f"blob has {computed.size} bytes, {expected_size} were claimed",
+            {"claimed": expected_size, "computed": computed.size},
+        )
+    if computed.claimed != str(claimed):
+        raise DigestInvalid(
+            "provided digest did not match uploaded content",
+            {"reason": "mismatch", "claimed": str(claimed), "computed": computed.claimed,
+             "canonical": computed.canonical},
+        )
+
+
+def _place_blob(
+    blobs: BlobStore, driver: StorageDriver, data_path: str, canonical: Digest, size: int,
+    upload_id: str,
+) -> bool:
+    """Get the verified bytes to ``/blobs/…``; True if the blob was already there."""
+    existing = blobs.exists(canonical)
+    if existing is not None:
+        if existing == size:
+            return True
+        # A blob of the wrong size under a content address is damage, not a dedup hit:
+        # replace it with the bytes we just verified.
+    try:
+        driver.move(data_path, paths.blob_data_path(canonical))
+    except PathNotFound:
+        # The staged copy is gone: a concurrent runner moved it. Only fine if the
+        # blob is now in place.
+        if blobs.exists(canonical) == size:
+            return False
+        raise BlobUploadUnknown(
+            "staged data vanished before it was committed", {"upload_id": upload_id}
+        ) from None
+    return False
+
+
+def _finished_elsewhere(staging: Staging, upload_id: str) -> dict[str, Any]:
+    done = staging.result(upload_id)
+    if done is not None:
+        return done
+    raise BlobUploadUnknown("staged data is gone", {"upload_id": upload_id})

@@ -1,0 +1,114 @@
+"""Settings: read once from the environment at an edge, then passed down.
+
+Only :meth:`Settings.from_env` reads the environment, and only the edges call it
+(``Ingest.from_env``, ``workers.app``, the CLI group). Everything else takes a
+:class:`Settings` or the plain values it needs.
+
+| variable                     | default                    | meaning |
+|------------------------------|----------------------------|---------|
+| ``INGEST_STORAGE_ROOT``      | ``./var/storage``          | filesystem driver root (shared by frontends and workers) |
+| ``REDIS_URL``                | ``redis://127.0.0.1:6379/0`` | broker and result backend unless overridden |
+| ``INGEST_BROKER_URL``        | ``REDIS_URL``              | Celery broker |
+| ``INGEST_RESULT_BACKEND``    | ``REDIS_URL``              | Celery result backend |
+| ``INGEST_MAX_BLOB_SIZE``     | ``16GiB``                  | largest blob accepted (enforced while streaming) |
+| ``INGEST_VERIFY_CHUNK``      | ``4MiB``                   | read size of the verification pass |
+| ``INGEST_TASK_MAX_RETRIES``  | ``5``                      | automatic retries of transient failures |
+| ``INGEST_VERIFY_MIN_RATE``   | ``20MiB``                  | slowest verification rate (bytes/s) the time limit allows |
+| ``INGEST_VERIFY_BASE_TIME``  | ``60``                     | seconds added to every verification time limit |
+| ``INGEST_VISIBILITY_TIMEOUT``| ``3600``                   | seconds before Redis redelivers an unacknowledged task |
+| ``INGEST_RESULT_EXPIRES``    | ``604800``                 | seconds task results are kept in the backend |
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+__all__ = ["ConfigError", "Settings", "parse_size"]
+
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]?i?b?)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def parse_size(text: str) -> int:
+    """``"16GiB"`` → 17179869184; plain integers are bytes."""
+    m = _SIZE_RE.fullmatch(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r}")
+    unit = (m.group(2) or "").lower().removesuffix("b")
+    if unit not in _UNITS:
+        raise ValueError(f"unknown size unit in {text!r}")
+    return int(m.group(1)) * _UNITS[unit]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """All runtime configuration, immutable."""
+
+    storage_root: str = "./var/storage"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = ""
+    result_backend: str = ""
+    max_blob_size: int = 16 << 30
+    verify_chunk: int = 4 << 20
+    task_max_retries: int = 5
+    verify_min_rate: int = 20 << 20
+    verify_base_time: int = 60
+    visibility_timeout: int = 3600
+    result_expires: int = 7 * 24 * 3600
+
+    def __post_init__(self) -> None:
+        # Empty broker/backend fall back to the Redis URL.
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", self.redis_url)
+        if not self.result_backend:
+            object.__setattr__(self, "result_backend", self.redis_url)
+        for name in ("max_blob_size", "verify_chunk", "verify_min_rate"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.task_max_retries < 0:
+            raise ConfigError("task_max_retries must not be negative")
+        if self.visibility_timeout <= self.max_time_limit():
+            raise ConfigError(
+                "INGEST_VISIBILITY_TIMEOUT must exceed the longest verification time limit "
+                f"({self.max_time_limit()} s for INGEST_MAX_BLOB_SIZE), or Redis would "
+                "redeliver tasks that are still running"
+            )
+
+    def time_limit(self, size: int | None) -> int:
+        """Hard time limit in seconds for verifying ``size`` bytes."""
+        n = self.max_blob_size if size is None else min(size, self.max_blob_size)
+        return self.verify_base_time + -(-n // self.verify_min_rate)
+
+    def max_time_limit(self) -> int:
+        return self.time_limit(self.max_blob_size)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], prefix: str = "INGEST_") -> Settings:
+        """Build settings from ``environ``; raise ConfigError naming a bad variable."""
+        values: dict[str, object] = {}
+        if environ.get("REDIS_URL"):
+            values["redis_url"] = environ["REDIS_URL"]
+        for f in fields(cls):
+            var = prefix + f.name.upper()
+            raw = environ.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                if f.type in ("int", int):
+                    is_size = f.name in ("max_blob_size", "verify_chunk", "verify_min_rate")
+                    values[f.name] = parse_size(raw) if is_size else int(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise ConfigError(f"{var}={raw!r}: {exc}") from None
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise ConfigError(str(exc)) from None

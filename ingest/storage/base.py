@@ -1,0 +1,142 @@
+"""The storage driver contract.
+
+Drivers store byte strings under *storage paths*: absolute, ``/``-separated
+keys such as ``/docker/registry/v2/blobs/sha256/ab/ab12…/data``. Every path is
+checked by :func:`check_path` before a driver touches it, so nothing a client
+sends can name a location outside the driver's root.
+
+The semantics follow distribution's storage drivers, and the shared contract
+suite (``tests/unit/storage/contract.py``) holds every backend to them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol, runtime_checkable
+
+__all__ = [
+    "FileInfo",
+    "FileWriter",
+    "InvalidOffset",
+    "InvalidPath",
+    "PathNotFound",
+    "StorageDriver",
+    "StorageError",
+    "check_path",
+]
+
+# One path component: no empty, '.' or '..' components, nothing outside a
+# conservative character set. '+' appears in tarsum algorithm names.
+_PATH_RE = re.compile(r"(?:/[A-Za-z0-9._+=-]+)+")
+_MAX_PATH = 1024
+
+
+class StorageError(Exception):
+    """Base of driver-level errors; the core translates these into IngestError."""
+
+    def __init__(self, path: str, message: str = "") -> None:
+        self.path = path
+        super().__init__(path, message)
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}: {self.args[1] or ''} {self.path}".strip()
+
+
+class PathNotFound(StorageError):
+    """Nothing is stored at the path."""
+
+
+class InvalidPath(StorageError):
+    """The path does not follow the storage path grammar."""
+
+
+class InvalidOffset(StorageError):
+    """A read or write offset the object cannot honour."""
+
+
+def check_path(path: str) -> str:
+    """Return ``path`` if it is a valid storage path, else raise InvalidPath."""
+    if (
+        not isinstance(path, str)
+        or len(path) > _MAX_PATH
+        or not _PATH_RE.fullmatch(path)
+        or any(part in (".", "..") for part in path.split("/"))
+    ):
+        raise InvalidPath(str(path)[:200], "invalid storage path")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What ``stat`` reports. ``mod_time`` is seconds since the epoch."""
+
+    path: str
+    size: int
+    mod_time: float
+    is_dir: bool
+
+
+class FileWriter(Protocol):
+    """An append-only writer to one stored object.
+
+    Bytes written are not guaranteed durable until :meth:`commit` returns.
+    """
+
+    @property
+    def size(self) -> int:
+        """Bytes in the object so far, including those written before this writer."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        """Append ``data``; return the number of bytes written (all of them)."""
+
+    def commit(self) -> None:
+        """Make everything written durable (flush + fsync). The writer stays usable."""
+
+    def cancel(self) -> None:
+        """Discard the object. Idempotent."""
+
+    def close(self) -> None:
+        """Release the handle without committing. Idempotent."""
+
+
+@runtime_checkable
+class StorageDriver(Protocol):
+    """A flat key space of byte objects with directory-like listing."""
+
+    name: str
+
+    def get_content(self, path: str) -> bytes:
+        """The whole object; for small objects only. PathNotFound if missing."""
+
+    def put_content(self, path: str, content: bytes) -> None:
+        """Store ``content`` atomically: readers see the old object or the new one,
+        never a part; it is durable when this returns. Creates parent directories."""
+
+    def reader(self, path: str, offset: int = 0) -> BinaryIO:
+        """A seekable binary file positioned at ``offset``. PathNotFound if missing;
+        InvalidOffset if ``offset`` is negative or past the end."""
+
+    def writer(self, path: str, append: bool = False) -> FileWriter:
+        """A writer to ``path``: truncated unless ``append``. With ``append`` the
+        object must exist (PathNotFound otherwise)."""
+
+    def stat(self, path: str) -> FileInfo:
+        """Size, modification time and kind of ``path``. PathNotFound if missing."""
+
+    def list(self, path: str) -> list[str]:
+        """Full paths of the direct children of directory ``path``, sorted.
+        PathNotFound if ``path`` does not exist."""
+
+    def move(self, source: str, dest: str) -> None:
+        """Atomically rename ``source`` to ``dest``, overwriting it, after making the
+        source durable. A missing source raises PathNotFound and leaves ``dest``
+        untouched."""
+
+    def delete(self, path: str) -> None:
+        """Remove ``path`` and everything below it; siblings are never touched.
+        PathNotFound if missing."""
+
+    def walk(self, path: str) -> Iterator[FileInfo]:
+        """Every object (not directory) below ``path``, depth first. Empty if missing."""

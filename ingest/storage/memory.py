@@ -1,0 +1,151 @@
+"""An in-process storage driver for unit tests. Not shared between processes."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from ingest.storage.base import FileInfo, InvalidOffset, PathNotFound, StorageError, check_path
+
+__all__ = ["MemoryDriver"]
+
+
+class _MemoryWriter:
+    def __init__(self, driver: MemoryDriver, path: str) -> None:
+        self._driver = driver
+        self._path = path
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return len(self._driver._objects.get(self._path, b""))
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        if self._closed:
+            raise StorageError(self._path, "writer is closed")
+        with self._driver._lock:
+            buf = self._driver._objects.get(self._path)
+            if buf is None:
+                raise PathNotFound(self._path, "deleted while writing")
+            buf += data
+            self._driver._mtimes[self._path] = time.time()
+        return len(data)
+
+    def commit(self) -> None:
+        if self._closed:
+            raise StorageError(self._path, "writer is closed")
+
+    def cancel(self) -> None:
+        self._closed = True
+        with self._driver._lock:
+            self._driver._objects.pop(self._path, None)
+            self._driver._mtimes.pop(self._path, None)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class MemoryDriver:
+    """Objects in a dict; directories are implied by object paths."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._objects: dict[str, bytearray] = {}
+        self._mtimes: dict[str, float] = {}
+        self._lock = threading.RLock()
+
+    def _is_dir(self, path: str) -> bool:
+        if path == "/":
+            return True
+        prefix = path + "/"
+        return any(k.startswith(prefix) for k in self._objects)
+
+    def get_content(self, path: str) -> bytes:
+        with self._lock:
+            try:
+                return bytes(self._objects[check_path(path)])
+            except KeyError:
+                raise PathNotFound(path, "not found") from None
+
+    def put_content(self, path: str, content: bytes) -> None:
+        with self._lock:
+            self._objects[check_path(path)] = bytearray(content)
+            self._mtimes[path] = time.time()
+
+    def reader(self, path: str, offset: int = 0) -> BinaryIO:
+        data = self.get_content(path)
+        if offset < 0 or offset > len(data):
+            raise InvalidOffset(path, f"offset {offset} outside 0..{len(data)}")
+        f = io.BytesIO(data)
+        f.seek(offset)
+        return f
+
+    def writer(self, path: str, append: bool = False) -> _MemoryWriter:
+        check_path(path)
+        with self._lock:
+            if append:
+                if path not in self._objects:
+                    raise PathNotFound(path, "not found")
+            else:
+                self._objects[path] = bytearray()
+                self._mtimes[path] = time.time()
+        return _MemoryWriter(self, path)
+
+    def stat(self, path: str) -> FileInfo:
+        with self._lock:
+            if path != "/":
+                check_path(path)
+            if path in self._objects:
+                return FileInfo(path, len(self._objects[path]), self._mtimes[path], False)
+            if self._is_dir(path):
+                return FileInfo(path, 0, time.time(), True)
+        raise PathNotFound(path, "not found")
+
+    def list(self, path: str) -> list[str]:
+        with self._lock:
+            if path != "/":
+                check_path(path)
+            prefix = "/" if path == "/" else path + "/"
+            children = {
+                prefix + k[len(prefix) :].split("/", 1)[0]
+                for k in self._objects
+                if k.startswith(prefix)
+            }
+            if not children:
+                raise PathNotFound(path, "not found")
+            return sorted(children)
+
+    def move(self, source: str, dest: str) -> None:
+        check_path(dest)
+        with self._lock:
+            try:
+                data = self._objects.pop(check_path(source))
+            except KeyError:
+                raise PathNotFound(source, "not found") from None
+            self._mtimes.pop(source, None)
+            self._objects[dest] = data
+            self._mtimes[dest] = time.time()
+
+    def delete(self, path: str) -> None:
+        with self._lock:
+            check_path(path)
+            prefix = path + "/"
+            doomed = [k for k in self._objects if k == path or k.startswith(prefix)]
+            if not doomed:
+                raise PathNotFound(path, "not found")
+            for k in doomed:
+                del self._objects[k]
+                self._mtimes.pop(k, None)
+
+    def walk(self, path: str) -> Iterator[FileInfo]:
+        with self._lock:
+            prefix = "/" if path == "/" else path + "/"
+            items = sorted(
+                (k, len(v), self._mtimes[k]) for k, v in self._objects.items() if k.startswith(prefix)
+            )
+        for k, size, mtime in items:
+            yield FileInfo(k, size, mtime, False)

@@ -1,0 +1,324 @@
+"""The staging area: upload sessions that live in storage.
+
+An upload is a directory under ``/uploads/<uuid>/`` (see :mod:`ingest.paths`).
+Everything about it -- repository, start time, staged bytes, lifecycle state,
+committed result -- is in storage, so any process or host sharing the storage
+can resume it, and losing Redis loses no upload.
+
+Lifecycle (``state.json``)::
+
+    open ──finish──▶ finishing ──verify ok──▶ verified ──move+link──▶ committed
+      ▲                 │                                            (result.json)
+      └──── (re-)finish ┴──verify failed──▶ failed ──retry──▶ finishing
+
+``cancel`` removes the directory; afterwards the id is BLOB_UPLOAD_UNKNOWN.
+``result.json`` is written once, after the links, and is authoritative: an
+upload with a result is committed whatever ``state.json`` says.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from typing import Any, BinaryIO
+
+from ingest import paths
+from ingest.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    RangeInvalid,
+    SizeInvalid,
+    UploadClosed,
+)
+from ingest.names import validate_name
+from ingest.storage.base import FileWriter, PathNotFound, StorageDriver
+
+__all__ = [
+    "UploadInfo",
+    "UploadRecord",
+    "UploadState",
+    "Staging",
+    "UploadWriter",
+]
+
+#: Size of the slices ``read_from`` copies; large enough that per-call overhead vanishes.
+COPY_CHUNK = 1 << 20
+
+
+class UploadState(StrEnum):
+    OPEN = "open"
+    FINISHING = "finishing"
+    VERIFIED = "verified"
+    FAILED = "failed"
+    COMMITTED = "committed"
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    """The immutable facts of a session."""
+
+    id: str
+    repository: str
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """The mutable lifecycle record (``state.json``)."""
+
+    state: UploadState
+    updated_at: float
+    claimed_digest: str | None = None
+    expected_size: int | None = None
+    size: int | None = None  # staged size when finish() froze it
+    task_id: str | None = None
+    attempt: int = 0
+    error: dict[str, Any] | None = None
+    verified: dict[str, Any] | None = None  # {"canonical", "size"} once digests matched
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["state"] = self.state.value
+        return json.dumps(d, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> UploadRecord:
+        d = json.loads(raw)
+        d["state"] = UploadState(d["state"])
+        return cls(**d)
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+class Staging:
+    """Upload sessions on a storage driver. Stateless: safe to share and to recreate."""
+
+    def __init__(self, driver: StorageDriver, *, clock: Callable[[], float] = time.time) -> None:
+        self.driver = driver
+        self._clock = clock
+
+    # -- sessions -------------------------------------------------------------------
+
+    def create(self, repository: str) -> UploadInfo:
+        validate_name(repository)
+        info = UploadInfo(str(uuid.uuid4()), repository, self._clock())
+        uid = info.id
+        self.driver.put_content(paths.upload_info_path(uid), _json(asdict(info)))
+        w = self.driver.writer(paths.upload_data_path(uid))
+        try:
+            w.commit()
+        finally:
+            w.close()
+        self.write_state(uid, UploadRecord(UploadState.OPEN, self._clock()))
+        return info
+
+    def info(self, upload_id: str, repository: str | None = None) -> UploadInfo:
+        """The session's facts; BlobUploadUnknown if it does not exist, or belongs to
+        another repository than ``repository`` (when given)."""
+        try:
+            raw = self.driver.get_content(paths.upload_info_path(upload_id))
+        except PathNotFound:
+            raise BlobUploadUnknown(detail={"upload_id": upload_id}) from None
+        info = UploadInfo(**json.loads(raw))
+        if repository is not None and info.repository != repository:
+            raise BlobUploadUnknown(detail={"upload_id": upload_id})
+        return info
+
+    def state(self, upload_id: str) -> UploadRecord:
+        try:
+            return UploadRecord.from_json(self.driver.get_content(paths.upload_state_path(upload_id)))
+        except PathNotFound:
+            raise BlobUploadUnknown(detail={"upload_id": upload_id}) from None
+
+    def write_state(self, upload_id: str, record: UploadRecord) -> None:
+        self.driver.put_content(paths.upload_state_path(upload_id), record.to_json())
+
+    def transition(self, upload_id: str, record: UploadRecord, state: UploadState, **changes: Any) -> UploadRecord:
+        """Write ``record`` moved to ``state`` with ``changes``; keeps a short history."""
+        now = self._clock()
+        history = [*record.history, {"state": state.value, "at": now}][-20:]
+        new = replace(record, state=state, updated_at=now, history=history, **changes)
+        self.write_state(upload_id, new)
+        return new
+
+    def result(self, upload_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.driver.get_content(paths.upload_result_path(upload_id))))
+        except PathNotFound:
+            return None
+
+    def write_result(self, upload_id: str, result: dict[str, Any]) -> None:
+        self.driver.put_content(paths.upload_result_path(upload_id), _json(result))
+
+    def size(self, upload_id: str) -> int:
+        """Bytes staged so far (the next write offset)."""
+        try:
+            return self.driver.stat(paths.upload_data_path(upload_id)).size
+        except PathNotFound:
+            # Data is gone: cancelled, or moved into the blob store by a commit.
+            record = self.state(upload_id)
+            if record.size is not None:
+                return record.size
+            raise BlobUploadUnknown(detail={"upload_id": upload_id}) from None
+
+    def last_activity(self, upload_id: str) -> float:
+        """The latest of the last staged write and the last state change."""
+        times = [self.state(upload_id).updated_at]
+        try:
+            times.append(self.driver.stat(paths.upload_data_path(upload_id)).mod_time)
+        except PathNotFound:
+            pass
+        return max(times)
+
+    def cancel(self, upload_id: str) -> None:
+        """Remove the session. A committed upload's record is removed too; the blob stays."""
+        self.info(upload_id)
+        try:
+            self.driver.delete(paths.upload_dir(upload_id))
+        except PathNotFound:
+            raise BlobUploadUnknown(detail={"upload_id": upload_id}) from None
+
+    def list_ids(self) -> list[str]:
+        try:
+            children = self.driver.list(paths.uploads_root())
+        except PathNotFound:
+            return []
+        return [c.rsplit("/", 1)[1] for c in children]
+
+    # -- writing --------------------------------------------------------------------
+
+    def open_writer(self, upload_id: str, repository: str | None = None) -> UploadWriter:
+        info = self.info(upload_id, repository)
+        return UploadWriter(self, info)
+
+
+class UploadWriter:
+    """Sequential writes to one open upload (the seed design's WriteSeeker + ReaderFrom).
+
+    Writes are strictly sequential: ``write_at`` must start at the current size.
+    Every write first checks that the session is still ``open``, so once any
+    process has called ``finish`` no more bytes can land in the staged blob.
+    """
+
+    def __init__(self, staging: Staging, info: UploadInfo, *, max_size: int | None = None) -> None:
+        self._staging = staging
+        self.info = info
+        self.max_size = max_size
+        self._writer: FileWriter | None = None
+        self._closed = False
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def repository(self) -> str:
+        return self.info.repository
+
+    @property
+    def started_at(self) -> float:
+        return self.info.started_at
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def offset(self) -> int:
+        """The current size of the staged blob: where the next write must start."""
+        self._check_open_handle()
+        if self._writer is not None:
+            return self._writer.size
+        return self._staging.size(self.id)
+
+    def _check_open_handle(self) -> None:
+        if self._closed:
+            raise UploadClosed(detail={"upload_id": self.id})
+
+    def _writable(self) -> FileWriter:
+        self._check_open_handle()
+        record = self._staging.state(self.id)
+        if record.state is not UploadState.OPEN:
+            raise BlobUploadInvalid(
+                f"upload is {record.state.value}; it takes no more data",
+                {"upload_id": self.id, "state": record.state.value},
+            )
+        if self._writer is None:
+            try:
+                self._writer = self._staging.driver.writer(
+                    paths.upload_data_path(self.id), append=True
+                )
+            except PathNotFound:
+                raise BlobUploadUnknown(detail={"upload_id": self.id}) from None
+        return self._writer
+
+    def _check_limit(self, current: int, adding: int) -> None:
+        if self.max_size is not None and current + adding > self.max_size:
+            raise SizeInvalid(
+                f"blob exceeds the maximum size of {self.max_size} bytes",
+                {"limit": self.max_size, "upload_id": self.id},
+            )
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data`` at the current end."""
+        w = self._writable()
+        self._check_limit(w.size, len(data))
+        return w.write(data)
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """Write ``data`` at ``offset``, which must be the current size (RangeInvalid
+        with ``detail["offset"]`` = the current size otherwise)."""
+        w = self._writable()
+        current = w.size
+        if offset != current:
+            raise RangeInvalid(
+                f"write at offset {offset}, but the upload has {current} bytes",
+                {"offset": current, "requested": offset, "upload_id": self.id},
+            )
+        self._check_limit(current, len(data))
+        return w.write(data)
+
+    def read_from(self, stream: BinaryIO, *, limit: int | None = None) -> int:
+        """Append everything ``stream`` yields (or ``limit`` bytes); return the count.
+        Copies in 1 MiB slices through one reused buffer: constant memory."""
+        w = self._writable()
+        buf = bytearray(COPY_CHUNK)
+        view = memoryview(buf)
+        total = 0
+        while limit is None or total < limit:
+            want = COPY_CHUNK if limit is None else min(COPY_CHUNK, limit - total)
+            n = stream.readinto(view[:want])  # type: ignore[attr-defined]
+            if not n:
+                break
+            self._check_limit(w.size, n)
+            w.write(view[:n])
+            total += n
+        return total
+
+    def flush(self) -> None:
+        """Make every byte written so far durable."""
+        if self._writer is not None:
+            self._writer.commit()
+
+    def close(self) -> None:
+        """Release the handle (data written stays staged). Idempotent."""
+        self._closed = True
+        if self._writer is not None:
+            w, self._writer = self._writer, None
+            try:
+                w.commit()
+            finally:
+                w.close()
+
+    def __enter__(self) -> UploadWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,38 @@
+"""Static Celery settings: no URLs, no secrets (those come from Settings).
+
+Why each matters for verified ingest:
+
+* JSON only, both ways: a pickled message or result must never be executed.
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a verification whose
+  worker dies is redelivered, not lost. Tasks are idempotent, so a duplicate is
+  harmless (see ``ingest.commit``).
+* ``worker_prefetch_multiplier = 1``: a worker holds one reserved verification
+  at a time, so a long blob does not hide others behind it.
+* Events on, ``result_extended`` on: Flower shows names, arguments and states.
+"""
+
+from ingest.queue import QUEUE_VERIFY, TASK_VERIFY
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+event_serializer = "json"
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure_or_timeout = True
+worker_prefetch_multiplier = 1
+task_track_started = True
+
+task_send_sent_event = True
+worker_send_task_events = True
+result_extended = True
+
+task_default_queue = QUEUE_VERIFY
+task_routes = {TASK_VERIFY: {"queue": QUEUE_VERIFY}}
+
+worker_hijack_root_logger = False
+broker_connection_retry_on_startup = True
+timezone = "UTC"
+enable_utc = True

@@ -1,0 +1,96 @@
+"""Celery tasks: thin shells around :mod:`ingest.commit`.
+
+All retry and time-limit policy lives in :class:`IngestTask`, not in task bodies:
+
+* Transient failures (:class:`~ingest.errors.StorageUnavailable`: I/O errors,
+  ENOSPC, a storage hiccup) retry automatically with exponential backoff and
+  full jitter, at most ``INGEST_TASK_MAX_RETRIES`` times.
+* Verdicts on the content (every :class:`~ingest.errors.ClientError`:
+  DIGEST_INVALID, SIZE_INVALID, BLOB_UPLOAD_UNKNOWN...) never retry; they are
+  listed in ``throws`` so the worker logs them as outcomes, without a traceback.
+* When a task finally fails for any reason, the upload's state records the
+  error, so ``Ingest.retry`` and ``status`` see it even after Redis forgets.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from ingest.commit import commit_upload, mark_failed
+from ingest.config import Settings
+from ingest.errors import ClientError, IngestError, StorageUnavailable, Unknown, VerificationTimeout
+from ingest.queue import STATE_PROGRESS, TASK_VERIFY
+from ingest.storage.filesystem import FilesystemDriver
+from ingest.uploads import Staging
+from workers.app import app
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _driver(root: str) -> FilesystemDriver:
+    return FilesystemDriver(root)
+
+
+def _settings() -> Settings:
+    s = app.conf.ingest_settings
+    assert isinstance(s, Settings)
+    return s
+
+
+class IngestTask(Task):  # type: ignore[misc]
+    """Base class carrying the retry policy and failure bookkeeping."""
+
+    autoretry_for = (StorageUnavailable,)
+    retry_backoff = 1
+    retry_backoff_max = 60
+    retry_jitter = True
+    throws = (ClientError, VerificationTimeout)
+    acks_late = True
+    reject_on_worker_lost = True
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        if not args:
+            return
+        error = exc if isinstance(exc, IngestError) else Unknown(
+            "verification failed unexpectedly", {"error": type(exc).__name__}
+        )
+        try:
+            mark_failed(Staging(_driver(_settings().storage_root)), str(args[0]), error)
+        except Exception:  # noqa: BLE001 - bookkeeping must not mask the real failure
+            log.exception("could not record failure of upload %s", args[0])
+
+
+@app.task(bind=True, base=IngestTask, name=TASK_VERIFY, max_retries=_settings().task_max_retries)
+def verify_upload(self: IngestTask, upload_id: str, digest: str, size: int | None = None) -> dict[str, Any]:
+    """Verify staged upload ``upload_id`` against ``digest`` and commit it."""
+    settings = _settings()
+
+    def progress(done: int, total: int) -> None:
+        try:
+            self.update_state(
+                state=STATE_PROGRESS,
+                meta={"upload_id": upload_id, "digest": digest, "done": done, "total": total},
+            )
+        except Exception:  # noqa: BLE001 - progress is best effort; never fail a verification on it
+            log.debug("progress report failed", exc_info=True)
+
+    try:
+        return commit_upload(
+            _driver(settings.storage_root),
+            upload_id,
+            digest,
+            size,
+            progress=progress,
+            task_id=self.request.id,
+            chunk_size=settings.verify_chunk,
+        )
+    except SoftTimeLimitExceeded:
+        raise VerificationTimeout(detail={"upload_id": upload_id}) from None
