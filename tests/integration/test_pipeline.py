@@ -1,0 +1,197 @@
+"""The pipeline end to end: Python API → Redis → real celery worker → storage."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+
+import pytest
+
+from ingest import paths
+from ingest.digests import parse_digest
+from ingest.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid
+from ingest.queue import TASK_VERIFY
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def stored_files(stack: Stack) -> list[str]:
+    return sorted(str(p.relative_to(stack.storage)) for p in stack.storage.rglob("*") if p.is_file())
+
+
+def test_finish_commits_and_the_blob_reads_back_with_seek(shared_stack: Stack) -> None:
+    ing = shared_stack.ingest
+    data = os.urandom(3 << 20) + b"tail"
+    up = ing.start_upload("it/commit")
+    up.write(data[: 1 << 20])
+    up.read_from(io.BytesIO(data[1 << 20 :]))
+    result = up.finish(sha256(data), size=len(data)).wait(timeout=30)
+
+    assert result["status"] == "committed"
+    assert result["digest"] == result["canonical_digest"] == sha256(data)
+    assert result["size"] == len(data)
+    assert result["repository"] == "it/commit"
+    assert result["deduplicated"] is False
+    with ing.open("it/commit", sha256(data)) as blob:
+        assert blob.size == len(data)
+        blob.seek(len(data) - 4)
+        assert blob.read() == b"tail"
+        blob.seek(10)
+        assert blob.read(5) == data[10:15]
+    assert ing.status(up.id).state == "committed"
+    assert not (shared_stack.storage / "uploads" / up.id / "data").exists()
+
+
+def test_digest_mismatch_is_recorded_and_a_retry_after_fixing_the_data_commits(
+    shared_stack: Stack,
+) -> None:
+    ing = shared_stack.ingest
+    good = os.urandom(1 << 20)
+    up = ing.start_upload("it/retry")
+    up.write(good)
+    up.close()
+    # A storage fault flips a byte of the staged copy before verification.
+    staged = shared_stack.storage / "uploads" / up.id / "data"
+    with open(staged, "r+b") as f:
+        f.seek(1234)
+        f.write(bytes([good[1234] ^ 0xFF]))
+
+    ticket = ing.resume("it/retry", up.id).finish(sha256(good))
+    with pytest.raises(DigestInvalid) as err:
+        ticket.wait(timeout=30)
+    assert err.value.detail["claimed"] == sha256(good)
+    assert err.value.detail["computed"] != sha256(good)
+    status = ing.status(up.id)
+    assert status.state == "failed"
+    assert status.error is not None and status.error["code"] == "DIGEST_INVALID"
+    assert staged.exists(), "failed uploads keep their data for a retry"
+    with pytest.raises(Exception):  # noqa: B017, PT011 - not linked anywhere
+        ing.open("it/retry", sha256(good))
+
+    with open(staged, "r+b") as f:  # the operator restores the right bytes
+        f.seek(1234)
+        f.write(good[1234:1235])
+    retry = ing.retry(up.id)
+    assert retry.task_id != ticket.task_id
+    result = retry.wait(timeout=30)
+    assert result["status"] == "committed"
+    assert ing.status(up.id).attempt == 2
+    with pytest.raises(BlobUploadInvalid):
+        ing.retry(up.id)
+
+
+def test_a_second_client_resumes_an_upload_and_finishes_it(shared_stack: Stack) -> None:
+    first, second = shared_stack.ingest, shared_stack.new_client()
+    up = first.start_upload("it/resume")
+    up.write(b"a" * 1000)
+    up.close()
+    again = second.resume("it/resume", up.id)
+    assert again.offset == 1000
+    again.write_at(1000, b"b" * 24)
+    data = b"a" * 1000 + b"b" * 24
+    assert again.finish(sha256(data)).wait(timeout=30)["size"] == 1024
+    with first.open("it/resume", sha256(data)) as blob:
+        assert blob.read() == data
+
+
+def test_duplicate_delivery_and_double_finish_commit_exactly_once(shared_stack: Stack) -> None:
+    ing = shared_stack.ingest
+    data = os.urandom(2 << 20)
+    up = ing.start_upload("it/dup")
+    up.write(data)
+    up.close()
+    t1 = ing.resume("it/dup", up.id).finish(sha256(data))
+    t2 = ing._finish(up.id, sha256(data), None)  # the client calls finish again
+    assert t2.task_id == t1.task_id
+    # The broker delivers the very same task message twice more.
+    app = ing.queue.app  # type: ignore[attr-defined]
+    for _ in range(2):
+        app.send_task(TASK_VERIFY, args=(up.id, sha256(data), None), task_id=t1.task_id)
+    first = t1.wait(timeout=30)
+    time.sleep(1.0)  # let the duplicates run
+    assert ing.status(up.id).result == first
+    blob_files = [p for p in stored_files(shared_stack) if p.startswith("blobs/")]
+    assert f"blobs/sha256/{first['canonical_digest'][7:9]}/{first['canonical_digest'][7:]}/data" in blob_files
+    assert not any(".tmp-" in p for p in stored_files(shared_stack))
+
+
+def test_cancel_makes_the_upload_unknown_everywhere(shared_stack: Stack) -> None:
+    ing = shared_stack.ingest
+    up = ing.start_upload("it/cancel")
+    up.write(b"x" * 100)
+    uid = up.id
+    up.cancel()
+    with pytest.raises(BlobUploadUnknown):
+        ing.status(uid)
+    with pytest.raises(BlobUploadUnknown):
+        ing.resume("it/cancel", uid)
+    assert not (shared_stack.storage / "uploads" / uid).exists()
+    # A verification that still reaches a worker reports the upload unknown.
+    app = ing.queue.app  # type: ignore[attr-defined]
+    res = app.send_task(TASK_VERIFY, args=(uid, sha256(b"x" * 100), None))
+    with pytest.raises(BlobUploadUnknown):
+        ing.queue.wait(res.id, timeout=30)
+
+
+def test_sha512_claim_is_stored_once_under_sha256_with_an_alias(shared_stack: Stack) -> None:
+    ing = shared_stack.ingest
+    data = os.urandom(100_000)
+    d512 = "sha512:" + hashlib.sha512(data).hexdigest()
+    up = ing.start_upload("it/alias")
+    up.write(data)
+    result = up.finish(d512).wait(timeout=30)
+    assert result["digest"] == d512 and result["canonical_digest"] == sha256(data)
+    with ing.open("it/alias", d512) as a, ing.open("it/alias", sha256(data)) as b:
+        assert a.read() == b.read() == data
+
+
+def test_killing_the_worker_child_mid_verification_redelivers_and_commits_once(
+    stack: Stack,
+) -> None:
+    worker = stack.worker()
+    ing = stack.ingest
+    size = 768 << 20
+    up = ing.start_upload("it/crash")
+    chunk = os.urandom(1 << 20)
+    h = hashlib.sha512()
+    h256 = hashlib.sha256()
+    for _ in range(size // len(chunk)):
+        up.write(chunk)
+        h.update(chunk)
+        h256.update(chunk)
+    # sha512 + sha256 in one pass is the slowest plain verification: widest window.
+    ticket = up.finish("sha512:" + h.hexdigest())
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if ing.queue.info(ticket.task_id).state == "PROGRESS":
+            break
+        time.sleep(0.005)
+    else:
+        pytest.fail("verification never reported progress")
+    children = worker.children()
+    assert children, "prefork worker has a pool child"
+    os.kill(children[0], 9)
+
+    result = ticket.wait(timeout=120)
+    assert result["status"] == "committed"
+    assert result["canonical_digest"] == "sha256:" + h256.hexdigest()
+    log = worker.log()
+    assert "WorkerLostError" in log or "SIGKILL" in log or "signal 9" in log
+    assert log.count(f"Task {TASK_VERIFY}[{ticket.task_id}] received") == 2, "redelivered once"
+    files = stored_files(stack)
+    assert [f for f in files if f.startswith("blobs/")] == [
+        paths.blob_data_path(parse_digest(result["canonical_digest"])).lstrip("/")
+    ]
+    assert not any(".tmp-" in f for f in files)
+    assert not (stack.storage / "uploads" / up.id / "data").exists()
+    with ing.open("it/crash", result["digest"]) as blob:
+        assert blob.size == size
+

@@ -1,0 +1,120 @@
+"""Run the pipeline's processes locally: a private Redis and real Celery workers.
+
+Used by the demo (``python -m workers.demo``) and the integration tests. Workers
+are started with ``start_new_session=True`` so a test can kill a worker's whole
+process group, or just its pool child, as a crash would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["Worker"]
+
+
+class Worker:
+    """A ``celery -A workers.app worker`` subprocess consuming the verify queue."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        logfile: str | os.PathLike[str],
+        *,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.env = {**os.environ, **env}
+        self.logfile = Path(logfile)
+        self.concurrency = concurrency
+        self.pool = pool
+        self.extra_args = extra_args
+        self.name = f"ingest-{uuid.uuid4().hex[:8]}@localhost"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> Worker:
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.logfile.stat().st_size if self.logfile.exists() else 0
+        args = [
+            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            "-Q", "verify", "-n", self.name, "-c", str(self.concurrency), "-P", self.pool,
+            "--loglevel", "INFO", "-f", str(self.logfile), "--without-mingle", "--without-gossip",
+            *self.extra_args,
+        ]
+        # The banner and anything printed before logging is set up go next to the log.
+        with open(self.logfile.with_name(self.logfile.name + ".out"), "ab") as out:
+            self.process = subprocess.Popen(
+                args, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+            if " ready." in self.log():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"worker not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            with open(self.logfile, encoding="utf-8", errors="replace") as f:
+                f.seek(self._log_offset)
+                return f.read()
+        except OSError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def children(self) -> list[int]:
+        """PIDs of the pool processes (direct children of the worker)."""
+        out: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                out += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return out
+
+    def stop(self, timeout: float = 20.0) -> None:
+        p = self.process
+        if p is None:
+            return
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                self.kill()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: main process and pool children."""
+        p = self.process
+        if p is None:
+            return
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
