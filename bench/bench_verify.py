@@ -34,7 +34,7 @@ MIB = 1 << 20
 def stage(ing: Ingest, repo: str, size: int, seed: bytes) -> tuple[str, str]:
     """Write ``size`` bytes into a new upload; return (upload id, sha256 digest)."""
     block = bytearray(os.urandom(16 * MIB))
-    block[:len(seed)] = seed  # distinct content per round: no dedup short cut
+    block[: len(seed)] = seed  # distinct content per round: no dedup short cut
     h = hashlib.sha256()
     up = ing.start_upload(repo)
     left = size
@@ -74,15 +74,19 @@ def vm(pid: int, key: str) -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size-mib", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--rss-size-mib", type=int, default=4096)
     args = p.parse_args()
 
     size = args.size_mib * MIB
-    with tempfile.TemporaryDirectory(prefix="bench-verify-", dir=os.environ.get("BENCH_DIR")) as tmp, \
-            LocalRedis() as redis:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-verify-", dir=os.environ.get("BENCH_DIR")) as tmp,
+        LocalRedis() as redis,
+    ):
         storage = Path(tmp) / "storage"
         env = {"REDIS_URL": redis.url, "INGEST_STORAGE_ROOT": str(storage)}
         ing = Ingest.from_settings(Settings.from_env(env))
@@ -100,11 +104,16 @@ def main() -> int:
                 else:
                     ours.append(through_worker(ing, uid, "bench/verify", digest))
                     plain.append(plain_sha256(blob_path(storage, digest)))
-                print(f"round {r}: hashlib {size / plain[-1] / 1e6:7.1f} MB/s   "
-                      f"worker {size / ours[-1] / 1e6:7.1f} MB/s", flush=True)
+                print(
+                    f"round {r}: hashlib {size / plain[-1] / 1e6:7.1f} MB/s   "
+                    f"worker {size / ours[-1] / 1e6:7.1f} MB/s",
+                    flush=True,
+                )
         mp, mo = statistics.median(plain), statistics.median(ours)
-        print(f"\n| verify {args.size_mib} MiB sha256 | hashlib {size / mp / 1e6:.0f} MB/s "
-              f"| worker {size / mo / 1e6:.0f} MB/s | ratio {mp / mo:.3f} |")
+        print(
+            f"\n| verify {args.size_mib} MiB sha256 | hashlib {size / mp / 1e6:.0f} MB/s "
+            f"| worker {size / mo / 1e6:.0f} MB/s | ratio {mp / mo:.3f} |"
+        )
 
         if args.rss_size_mib:
             big = args.rss_size_mib * MIB
@@ -125,9 +134,11 @@ def main() -> int:
                 hwm_child, hwm_main = vm(child, "VmHWM"), vm(w.pid, "VmHWM")
             finally:
                 w.stop()
-            print(f"| verify {args.rss_size_mib} MiB | {big / elapsed / 1e6:.0f} MB/s | pool child peak RSS "
-                  f"{hwm_child / MIB:.1f} MiB (sampled {peak_sampled / MIB:.1f}) | worker main "
-                  f"{hwm_main / MIB:.1f} MiB |")
+            print(
+                f"| verify {args.rss_size_mib} MiB | {big / elapsed / 1e6:.0f} MB/s "
+                f"| pool child peak RSS {hwm_child / MIB:.1f} MiB "
+                f"(sampled {peak_sampled / MIB:.1f}) | worker main {hwm_main / MIB:.1f} MiB |"
+            )
     return 0
 
 

@@ -100,7 +100,9 @@ class Upload(UploadWriter):
 class Ingest:
     """Entry point of the library."""
 
-    def __init__(self, driver: StorageDriver, queue: TaskQueue, settings: Settings | None = None) -> None:
+    def __init__(
+        self, driver: StorageDriver, queue: TaskQueue, settings: Settings | None = None
+    ) -> None:
         self.driver = driver
         self.queue = queue
         self.settings = settings or Settings()
@@ -131,7 +133,8 @@ class Ingest:
         record = self.staging.state(upload_id)
         if record.state is not UploadState.OPEN:
             raise BlobUploadInvalid(
-                f"upload is {record.state.value}", {"upload_id": upload_id, "state": record.state.value}
+                f"upload is {record.state.value}",
+                {"upload_id": upload_id, "state": record.state.value},
             )
         return Upload(self, info)
 
@@ -153,28 +156,46 @@ class Ingest:
             if record.claimed_digest == str(claimed) and record.task_id:
                 return Ticket(upload_id, record.task_id, self.queue)  # finish is idempotent
             raise BlobUploadInvalid(
-                "upload is already being verified", {"upload_id": upload_id, "state": record.state.value}
+                "upload is already being verified",
+                {"upload_id": upload_id, "state": record.state.value},
             )
         staged = self.staging.size(upload_id)
         if size is not None and size != staged:
             raise SizeInvalid(
-                f"upload has {staged} bytes, {size} were claimed", {"claimed": size, "computed": staged}
+                f"upload has {staged} bytes, {size} were claimed",
+                {"claimed": size, "computed": staged},
             )
         if staged > self.settings.max_blob_size:
-            raise SizeInvalid("blob exceeds the maximum size", {"limit": self.settings.max_blob_size})
+            raise SizeInvalid(
+                "blob exceeds the maximum size", {"limit": self.settings.max_blob_size}
+            )
         return self._enqueue(upload_id, record, str(claimed), size, staged)
 
-    def _enqueue(self, upload_id: str, record: UploadRecord, digest: str, size: int | None, staged: int) -> Ticket:
+    def _enqueue(
+        self, upload_id: str, record: UploadRecord, digest: str, size: int | None, staged: int
+    ) -> Ticket:
         task_id = str(uuid.uuid4())
         # Record the attempt before sending, so a task can never run against a
         # state that does not know it; if sending fails, reopen the upload.
         new = self.staging.transition(
-            upload_id, record, UploadState.FINISHING, claimed_digest=digest, expected_size=size,
-            size=staged, task_id=task_id, attempt=record.attempt + 1, error=None, verified=None,
+            upload_id,
+            record,
+            UploadState.FINISHING,
+            claimed_digest=digest,
+            expected_size=size,
+            size=staged,
+            task_id=task_id,
+            attempt=record.attempt + 1,
+            error=None,
+            verified=None,
         )
         try:
             self.queue.enqueue_verify(
-                upload_id, digest, size, task_id=task_id, time_limit=self.settings.time_limit(staged)
+                upload_id,
+                digest,
+                size,
+                task_id=task_id,
+                time_limit=self.settings.time_limit(staged),
             )
         except StorageUnavailable:
             self.staging.transition(upload_id, new, record.state)
@@ -198,7 +219,9 @@ class Ingest:
         if claim is None:
             raise BlobUploadInvalid("no digest to verify against", {"upload_id": upload_id})
         new_verifier(parse_digest(claim))
-        return self._enqueue(upload_id, record, claim, record.expected_size, self.staging.size(upload_id))
+        return self._enqueue(
+            upload_id, record, claim, record.expected_size, self.staging.size(upload_id)
+        )
 
     def status(self, upload_id: str) -> UploadStatus:
         info = self.staging.info(upload_id)
@@ -206,8 +229,14 @@ class Ingest:
         result = self.staging.result(upload_id)
         task_state = progress = None
         error = record.error
-        if result is None and record.task_id and record.state in (
-            UploadState.FINISHING, UploadState.VERIFIED,
+        if (
+            result is None
+            and record.task_id
+            and record.state
+            in (
+                UploadState.FINISHING,
+                UploadState.VERIFIED,
+            )
         ):
             try:
                 ti = self.queue.info(record.task_id)
@@ -219,9 +248,19 @@ class Ingest:
         state = UploadState.COMMITTED.value if result is not None else record.state.value
         offset = result["size"] if result is not None else self.staging.size(upload_id)
         return UploadStatus(
-            upload_id, info.repository, info.started_at, self.staging.last_activity(upload_id),
-            state, offset, record.claimed_digest, record.task_id, record.attempt, task_state,
-            progress, result, error,
+            upload_id,
+            info.repository,
+            info.started_at,
+            self.staging.last_activity(upload_id),
+            state,
+            offset,
+            record.claimed_digest,
+            record.task_id,
+            record.attempt,
+            task_state,
+            progress,
+            result,
+            error,
         )
 
     def cancel(self, upload_id: str) -> None:

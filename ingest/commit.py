@@ -28,6 +28,7 @@ expiry to reason about for no gain in safety.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,7 +164,11 @@ def commit_upload(
     if verified is None or verified.get("claimed") != str(claimed):
         try:
             computed = compute_digests(
-                driver, data_path, claimed, total=record.size, progress=progress,
+                driver,
+                data_path,
+                claimed,
+                total=record.size,
+                progress=progress,
                 chunk_size=chunk_size,
             )
         except PathNotFound:
@@ -202,14 +207,14 @@ def commit_upload(
         return done  # first writer wins: every caller sees one result
     staging.write_result(upload_id, result)
     staging.transition(upload_id, record, UploadState.COMMITTED)
-    try:
+    with contextlib.suppress(PathNotFound):  # already moved into the blob store
         driver.delete(data_path)
-    except PathNotFound:
-        pass
     return result
 
 
-def _check(computed: Computed, claimed: Digest, expected_size: int | None, record: UploadRecord) -> None:
+def _check(
+    computed: Computed, claimed: Digest, expected_size: int | None, record: UploadRecord
+) -> None:
     if record.size is not None and computed.size != record.size:
         # Bytes landed after finish() froze the size: never commit what was not verified
         # as the client finished it.
@@ -225,22 +230,28 @@ def _check(computed: Computed, claimed: Digest, expected_size: int | None, recor
     if computed.claimed != str(claimed):
         raise DigestInvalid(
             "provided digest did not match uploaded content",
-            {"reason": "mismatch", "claimed": str(claimed), "computed": computed.claimed,
-             "canonical": computed.canonical},
+            {
+                "reason": "mismatch",
+                "claimed": str(claimed),
+                "computed": computed.claimed,
+                "canonical": computed.canonical,
+            },
         )
 
 
 def _place_blob(
-    blobs: BlobStore, driver: StorageDriver, data_path: str, canonical: Digest, size: int,
+    blobs: BlobStore,
+    driver: StorageDriver,
+    data_path: str,
+    canonical: Digest,
+    size: int,
     upload_id: str,
 ) -> bool:
     """Get the verified bytes to ``/blobs/…``; True if the blob was already there."""
-    existing = blobs.exists(canonical)
-    if existing is not None:
-        if existing == size:
-            return True
-        # A blob of the wrong size under a content address is damage, not a dedup hit:
-        # replace it with the bytes we just verified.
+    # A blob of the wrong size under a content address is damage, not a dedup hit:
+    # it is replaced by the bytes just verified.
+    if blobs.exists(canonical) == size:
+        return True
     try:
         driver.move(data_path, paths.blob_data_path(canonical))
     except PathNotFound:

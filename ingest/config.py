@@ -4,19 +4,8 @@ Only :meth:`Settings.from_env` reads the environment, and only the edges call it
 (``Ingest.from_env``, ``workers.app``, the CLI group). Everything else takes a
 :class:`Settings` or the plain values it needs.
 
-| variable                     | default                    | meaning |
-|------------------------------|----------------------------|---------|
-| ``INGEST_STORAGE_ROOT``      | ``./var/storage``          | filesystem driver root (shared by frontends and workers) |
-| ``REDIS_URL``                | ``redis://127.0.0.1:6379/0`` | broker and result backend unless overridden |
-| ``INGEST_BROKER_URL``        | ``REDIS_URL``              | Celery broker |
-| ``INGEST_RESULT_BACKEND``    | ``REDIS_URL``              | Celery result backend |
-| ``INGEST_MAX_BLOB_SIZE``     | ``16GiB``                  | largest blob accepted (enforced while streaming) |
-| ``INGEST_VERIFY_CHUNK``      | ``4MiB``                   | read size of the verification pass |
-| ``INGEST_TASK_MAX_RETRIES``  | ``5``                      | automatic retries of transient failures |
-| ``INGEST_VERIFY_MIN_RATE``   | ``20MiB``                  | slowest verification rate (bytes/s) the time limit allows |
-| ``INGEST_VERIFY_BASE_TIME``  | ``60``                     | seconds added to every verification time limit |
-| ``INGEST_VISIBILITY_TIMEOUT``| ``3600``                   | seconds before Redis redelivers an unacknowledged task |
-| ``INGEST_RESULT_EXPIRES``    | ``604800``                 | seconds task results are kept in the backend |
+The variables, their defaults and meanings are listed in the README's
+Configuration table; the field names below are the variables without ``INGEST_``.
 """
 
 from __future__ import annotations
@@ -28,8 +17,18 @@ from dataclasses import dataclass, fields
 __all__ = ["ConfigError", "Settings", "parse_size"]
 
 _SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]?i?b?)?\s*", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
-          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "m": 1000**2,
+    "g": 1000**3,
+    "t": 1000**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+}
 
 
 class ConfigError(ValueError):

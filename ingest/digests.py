@@ -161,5 +161,7 @@ def new_verifier(digest: Digest) -> Hasher:
 def new_hasher(algorithm: str = CANONICAL_ALGORITHM) -> Hasher:
     """A plain hashlib-backed hasher (sha256/sha384/sha512)."""
     if algorithm not in _HEX_LENGTHS:
-        raise DigestInvalid(f"unsupported digest algorithm {algorithm!r}", {"reason": "unsupported"})
+        raise DigestInvalid(
+            f"unsupported digest algorithm {algorithm!r}", {"reason": "unsupported"}
+        )
     return _HashlibHasher(algorithm)

@@ -97,7 +97,9 @@ class CeleryTaskQueue:
         self.app = app
 
     @classmethod
-    def from_urls(cls, broker_url: str, result_backend: str, visibility_timeout: int = 3600) -> CeleryTaskQueue:
+    def from_urls(
+        cls, broker_url: str, result_backend: str, visibility_timeout: int = 3600
+    ) -> CeleryTaskQueue:
         from celery import Celery
 
         app = Celery("ingest-client", set_as_current=False)
@@ -138,7 +140,9 @@ class CeleryTaskQueue:
                 {"task_id": task_id, "state": res.state},
             ) from None
         except OSError as exc:
-            raise StorageUnavailable("result backend unreachable", {"error": str(exc)[:300]}) from exc
+            raise StorageUnavailable(
+                "result backend unreachable", {"error": str(exc)[:300]}
+            ) from exc
         if res.state == "SUCCESS" and isinstance(value, dict):
             return value
         raise _error_from_result(value, task_id)

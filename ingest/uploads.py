@@ -18,6 +18,7 @@ upload with a result is committed whatever ``state.json`` says.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -38,10 +39,10 @@ from ingest.names import validate_name
 from ingest.storage.base import FileWriter, PathNotFound, StorageDriver
 
 __all__ = [
+    "Staging",
     "UploadInfo",
     "UploadRecord",
     "UploadState",
-    "Staging",
     "UploadWriter",
 ]
 
@@ -133,14 +134,18 @@ class Staging:
 
     def state(self, upload_id: str) -> UploadRecord:
         try:
-            return UploadRecord.from_json(self.driver.get_content(paths.upload_state_path(upload_id)))
+            return UploadRecord.from_json(
+                self.driver.get_content(paths.upload_state_path(upload_id))
+            )
         except PathNotFound:
             raise BlobUploadUnknown(detail={"upload_id": upload_id}) from None
 
     def write_state(self, upload_id: str, record: UploadRecord) -> None:
         self.driver.put_content(paths.upload_state_path(upload_id), record.to_json())
 
-    def transition(self, upload_id: str, record: UploadRecord, state: UploadState, **changes: Any) -> UploadRecord:
+    def transition(
+        self, upload_id: str, record: UploadRecord, state: UploadState, **changes: Any
+    ) -> UploadRecord:
         """Write ``record`` moved to ``state`` with ``changes``; keeps a short history."""
         now = self._clock()
         history = [*record.history, {"state": state.value, "at": now}][-20:]
@@ -171,10 +176,8 @@ class Staging:
     def last_activity(self, upload_id: str) -> float:
         """The latest of the last staged write and the last state change."""
         times = [self.state(upload_id).updated_at]
-        try:
+        with contextlib.suppress(PathNotFound):
             times.append(self.driver.stat(paths.upload_data_path(upload_id)).mod_time)
-        except PathNotFound:
-            pass
         return max(times)
 
     def cancel(self, upload_id: str) -> None:

@@ -23,8 +23,13 @@ def create_celery(settings: Settings) -> Celery:
             for k, v in client_config(
                 settings.broker_url, settings.result_backend, settings.visibility_timeout
             ).items()
-            if k in ("broker_url", "result_backend", "broker_transport_options",
-                     "result_backend_transport_options")
+            if k
+            in (
+                "broker_url",
+                "result_backend",
+                "broker_transport_options",
+                "result_backend_transport_options",
+            )
         }
     )
     app.conf.result_expires = settings.result_expires

@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"redis:   {redis_url}")
         print(f"storage: {storage}")
         env = {"REDIS_URL": redis_url, "INGEST_STORAGE_ROOT": storage}
-        worker = stack.enter_context(Worker(env, Path(storage).parent / f"{Path(storage).name}.worker.log"))
+        worker = stack.enter_context(
+            Worker(env, Path(storage).parent / f"{Path(storage).name}.worker.log")
+        )
         print(f"worker:  pid {worker.pid} ({worker.name})")
 
         ing = Ingest.from_settings(Settings.from_env({**os.environ, **env}))

@@ -7,6 +7,7 @@ process group, or just its pool child, as a crash would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,16 +45,37 @@ class Worker:
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.logfile.stat().st_size if self.logfile.exists() else 0
         args = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-            "-Q", "verify", "-n", self.name, "-c", str(self.concurrency), "-P", self.pool,
-            "--loglevel", "INFO", "-f", str(self.logfile), "--without-mingle", "--without-gossip",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            "verify",
+            "-n",
+            self.name,
+            "-c",
+            str(self.concurrency),
+            "-P",
+            self.pool,
+            "--loglevel",
+            "INFO",
+            "-f",
+            str(self.logfile),
+            "--without-mingle",
+            "--without-gossip",
             *self.extra_args,
         ]
         # The banner and anything printed before logging is set up go next to the log.
         with open(self.logfile.with_name(self.logfile.name + ".out"), "ab") as out:
             self.process = subprocess.Popen(
-                args, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                args,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -105,10 +127,8 @@ class Worker:
         p = self.process
         if p is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         p.wait()
 
     def __enter__(self) -> Worker:

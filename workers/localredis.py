@@ -71,16 +71,31 @@ class LocalRedis:
 
     def start(self, timeout: float = 15.0) -> LocalRedis:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", self._dir,
-            "--daemonize", "no", "--loglevel", "warning",
-            "--logfile", os.path.join(self._dir, "redis.log"),
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            os.path.join(self._dir, "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {self.log()}")
+                raise RuntimeError(
+                    f"redis-server exited with {self.process.returncode}: {self.log()}"
+                )
             if _ping(self.port):
                 return self
             time.sleep(0.02)

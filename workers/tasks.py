@@ -43,7 +43,7 @@ def _settings() -> Settings:
     return s
 
 
-class IngestTask(Task):  # type: ignore[misc]
+class IngestTask(Task[Any, Any]):
     """Base class carrying the retry policy and failure bookkeeping."""
 
     autoretry_for = (StorageUnavailable,)
@@ -59,17 +59,21 @@ class IngestTask(Task):  # type: ignore[misc]
     ) -> None:
         if not args:
             return
-        error = exc if isinstance(exc, IngestError) else Unknown(
-            "verification failed unexpectedly", {"error": type(exc).__name__}
+        error = (
+            exc
+            if isinstance(exc, IngestError)
+            else Unknown("verification failed unexpectedly", {"error": type(exc).__name__})
         )
         try:
             mark_failed(Staging(_driver(_settings().storage_root)), str(args[0]), error)
-        except Exception:  # noqa: BLE001 - bookkeeping must not mask the real failure
+        except Exception:
             log.exception("could not record failure of upload %s", args[0])
 
 
 @app.task(bind=True, base=IngestTask, name=TASK_VERIFY, max_retries=_settings().task_max_retries)
-def verify_upload(self: IngestTask, upload_id: str, digest: str, size: int | None = None) -> dict[str, Any]:
+def verify_upload(
+    self: IngestTask, upload_id: str, digest: str, size: int | None = None
+) -> dict[str, Any]:
     """Verify staged upload ``upload_id`` against ``digest`` and commit it."""
     settings = _settings()
 
@@ -79,7 +83,7 @@ def verify_upload(self: IngestTask, upload_id: str, digest: str, size: int | Non
                 state=STATE_PROGRESS,
                 meta={"upload_id": upload_id, "digest": digest, "done": done, "total": total},
             )
-        except Exception:  # noqa: BLE001 - progress is best effort; never fail a verification on it
+        except Exception:
             log.debug("progress report failed", exc_info=True)
 
     try:

@@ -145,7 +145,9 @@ class MemoryDriver:
         with self._lock:
             prefix = "/" if path == "/" else path + "/"
             items = sorted(
-                (k, len(v), self._mtimes[k]) for k, v in self._objects.items() if k.startswith(prefix)
+                (k, len(v), self._mtimes[k])
+                for k, v in self._objects.items()
+                if k.startswith(prefix)
             )
         for k, size, mtime in items:
             yield FileInfo(k, size, mtime, False)

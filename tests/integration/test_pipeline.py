@@ -23,7 +23,9 @@ def sha256(data: bytes) -> str:
 
 
 def stored_files(stack: Stack) -> list[str]:
-    return sorted(str(p.relative_to(stack.storage)) for p in stack.storage.rglob("*") if p.is_file())
+    return sorted(
+        str(p.relative_to(stack.storage)) for p in stack.storage.rglob("*") if p.is_file()
+    )
 
 
 def test_finish_commits_and_the_blob_reads_back_with_seek(shared_stack: Stack) -> None:
@@ -70,7 +72,8 @@ def test_digest_mismatch_is_recorded_and_a_retry_after_fixing_the_data_commits(
     assert err.value.detail["computed"] != sha256(good)
     status = ing.status(up.id)
     assert status.state == "failed"
-    assert status.error is not None and status.error["code"] == "DIGEST_INVALID"
+    assert status.error is not None
+    assert status.error["code"] == "DIGEST_INVALID"
     assert staged.exists(), "failed uploads keep their data for a retry"
     with pytest.raises(Exception):  # noqa: B017, PT011 - not linked anywhere
         ing.open("it/retry", sha256(good))
@@ -118,7 +121,10 @@ def test_duplicate_delivery_and_double_finish_commit_exactly_once(shared_stack: 
     time.sleep(1.0)  # let the duplicates run
     assert ing.status(up.id).result == first
     blob_files = [p for p in stored_files(shared_stack) if p.startswith("blobs/")]
-    assert f"blobs/sha256/{first['canonical_digest'][7:9]}/{first['canonical_digest'][7:]}/data" in blob_files
+    assert (
+        f"blobs/sha256/{first['canonical_digest'][7:9]}/{first['canonical_digest'][7:]}/data"
+        in blob_files
+    )
     assert not any(".tmp-" in p for p in stored_files(shared_stack))
 
 
@@ -147,7 +153,8 @@ def test_sha512_claim_is_stored_once_under_sha256_with_an_alias(shared_stack: St
     up = ing.start_upload("it/alias")
     up.write(data)
     result = up.finish(d512).wait(timeout=30)
-    assert result["digest"] == d512 and result["canonical_digest"] == sha256(data)
+    assert result["digest"] == d512
+    assert result["canonical_digest"] == sha256(data)
     with ing.open("it/alias", d512) as a, ing.open("it/alias", sha256(data)) as b:
         assert a.read() == b.read() == data
 
@@ -194,4 +201,3 @@ def test_killing_the_worker_child_mid_verification_redelivers_and_commits_once(
     assert not (stack.storage / "uploads" / up.id / "data").exists()
     with ing.open("it/crash", result["digest"]) as blob:
         assert blob.size == size
-

@@ -22,3 +22,126 @@ class TestFilesystemDriver(StorageDriverContract):
     @pytest.fixture
     def driver(self, tmp_path: Path) -> StorageDriver:
         return FilesystemDriver(tmp_path / "root")
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="BUG: put_content names its temp file '.<name>.tmp-<12 hex>', 18 characters "
+        "longer than the target, so a valid 238..255-character final component fails with "
+        "ENAMETOOLONG, mapped to the *retryable* StorageUnavailable, although writer() "
+        "stores the same path fine (ingest/storage/filesystem.py, put_content)",
+    )
+    def test_put_at_a_long_but_valid_name_round_trips(self, driver: StorageDriver) -> None:
+        super().test_put_at_a_long_but_valid_name_round_trips(driver)
+
+
+def _entries(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_put_content_leaves_no_temporary_files(tmp_path: Path) -> None:
+    driver = FilesystemDriver(tmp_path / "root")
+    driver.put_content("/t/data", b"one")
+    driver.put_content("/t/data", b"two")
+    driver.put_content("/t/other", b"three")
+    assert _entries(tmp_path / "root") == ["t", "t/data", "t/other"]
+    assert not any(filesystem.TMP_MARKER in name for name in _entries(tmp_path))
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+@pytest.mark.parametrize("failing", ["replace", "fsync"])
+def test_an_os_error_during_put_is_storage_unavailable_and_keeps_the_old_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, failing: str
+) -> None:
+    driver = FilesystemDriver(tmp_path / "root")
+    driver.put_content("/t/data", b"old")
+
+    def broken(*args: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(filesystem.os, failing, broken)
+    with pytest.raises(StorageUnavailable) as info:
+        driver.put_content("/t/data", b"new content")
+    monkeypatch.undo()
+    assert info.value.retryable
+    assert info.value.detail["errno"] == errno.errorcode[code]
+    assert info.value.detail["path"] == "/t/data"
+    assert driver.get_content("/t/data") == b"old"
+    assert _entries(tmp_path / "root") == ["t", "t/data"]
+
+
+def test_an_os_error_during_a_first_put_leaves_the_object_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = FilesystemDriver(tmp_path / "root")
+    driver.put_content("/t/keep", b"x")
+
+    def no_space(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(filesystem.os, "replace", no_space)
+    with pytest.raises(StorageUnavailable):
+        driver.put_content("/t/data", b"new")
+    monkeypatch.undo()
+    assert driver.list("/t") == ["/t/keep"]
+    assert _entries(tmp_path / "root") == ["t", "t/keep"]
+
+
+def test_an_os_error_while_writing_is_storage_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = FilesystemDriver(tmp_path / "root")
+    w = driver.writer("/t/data")
+
+    def io_error(*args: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(filesystem.os, "fsync", io_error)
+    w.write(b"x")
+    with pytest.raises(StorageUnavailable) as info:
+        w.commit()
+    assert info.value.detail["errno"] == "EIO"
+    w.close()
+
+
+def test_a_missing_source_of_move_is_path_not_found_not_storage_unavailable(
+    tmp_path: Path,
+) -> None:
+    from ingest.storage.base import PathNotFound
+
+    driver = FilesystemDriver(tmp_path / "root")
+    with pytest.raises(PathNotFound):
+        driver.move("/nope/src", "/nope/dst")
+    assert _entries(tmp_path / "root") == []
+
+
+_GRAMMAR_ALPHABET = string.ascii_letters + string.digits + "._+=-/"
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.one_of(
+        st.text(max_size=40),
+        st.text(alphabet=_GRAMMAR_ALPHABET + "\\\x00 ~", max_size=40),
+        st.lists(st.sampled_from(["..", ".", "", "a", "b.c", "..."]), max_size=5).map(
+            lambda parts: "/" + "/".join(parts)
+        ),
+    )
+)
+def test_nothing_is_ever_created_outside_the_root(tmp_path: Path, path: str) -> None:
+    driver = FilesystemDriver(tmp_path / "root")
+    for op in (
+        lambda: driver.put_content(path, b"x"),
+        lambda: driver.writer(path).close(),
+        lambda: driver.move("/src/data", path),
+    ):
+        driver.put_content("/src/data", b"s")
+        try:
+            op()
+        except InvalidPath:
+            pass
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+        for child in driver.list("/"):
+            driver.delete(child)
+    assert _entries(tmp_path / "root") == []
