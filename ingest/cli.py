@@ -1,0 +1,152 @@
+"""The ``ingest`` command line.
+
+Configuration is read once, in the group callback, into ``ctx.obj``. Every
+IngestError becomes a one-line message with its code and the exit status the
+taxonomy assigns: 3 rejected content or request, 4 service unavailable (try
+again), 1 anything else; click uses 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import IO, Any, ParamSpec, TypeVar
+
+import click
+
+from ingest.config import ConfigError, Settings
+from ingest.errors import EXIT_USAGE, IngestError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Context:
+    """What every command gets: settings, and an Ingest client built on first use."""
+
+    def __init__(self, settings: Settings, as_json: bool) -> None:
+        self.settings = settings
+        self.as_json = as_json
+        self._ingest: Any = None
+
+    @property
+    def ingest(self) -> Any:
+        if self._ingest is None:
+            from ingest.api import Ingest  # builds a Celery client: only when needed
+
+            self._ingest = Ingest.from_settings(self.settings)
+        return self._ingest
+
+    def emit(self, data: dict[str, Any], human: str) -> None:
+        click.echo(json.dumps(data, sort_keys=True) if self.as_json else human)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn IngestError into ``CODE: message`` on stderr and the taxonomy's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except IngestError as exc:
+            ctx = click.get_current_context()
+            obj = ctx.find_object(Context)
+            if obj is not None and obj.as_json:
+                click.echo(json.dumps({"error": exc.to_dict()}, sort_keys=True))
+            detail = f" {json.dumps(exc.detail, sort_keys=True)}" if exc.detail else ""
+            click.echo(f"error: {exc.code}: {exc.message}{detail}", err=True)
+            ctx.exit(exc.exit_code)
+            raise AssertionError("unreachable") from exc
+
+    return wrapper
+
+
+@click.group()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def cli(ctx: click.Context, as_json: bool) -> None:
+    """verified-ingest: stage, verify and commit content-addressed blobs."""
+    if isinstance(ctx.obj, Context):  # injected by a caller (tests, embedding)
+        ctx.obj.as_json = ctx.obj.as_json or as_json
+        return
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        click.echo(f"error: configuration: {exc}", err=True)
+        ctx.exit(EXIT_USAGE)
+    ctx.obj = Context(settings, as_json)
+
+
+@cli.command()
+@click.argument("file", type=click.File("rb"))
+@click.option("--repo", "repository", required=True, help="Repository to link the blob into.")
+@click.option("--digest", help="Claimed digest (default: sha256 computed while uploading).")
+@click.option("--timeout", type=float, default=300.0, show_default=True)
+@pass_ctx
+@reports_errors
+def put(obj: Context, file: IO[bytes], repository: str, digest: str | None, timeout: float) -> None:
+    """Stage FILE ('-' for stdin), finish, and wait for the verified commit."""
+    up = obj.ingest.start_upload(repository)
+    h = hashlib.sha256()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    while n := file.readinto(view):  # type: ignore[attr-defined]
+        up.write(view[:n])
+        if digest is None:
+            h.update(view[:n])
+    ticket = up.finish(digest or "sha256:" + h.hexdigest())
+    result = ticket.wait(timeout=timeout)
+    obj.emit(result, f"committed {result['repository']}@{result['digest']} ({result['size']} bytes)")
+
+
+@cli.command()
+@click.argument("upload_id")
+@pass_ctx
+@reports_errors
+def status(obj: Context, upload_id: str) -> None:
+    """Show an upload's state, progress and outcome."""
+    st = obj.ingest.status(upload_id).to_dict()
+    lines = [f"{k}: {json.dumps(v, sort_keys=True) if isinstance(v, dict) else v}" for k, v in st.items()]
+    obj.emit(st, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("upload_id")
+@click.option("--digest", help="Verify against this digest instead of the recorded claim.")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--timeout", type=float, default=300.0, show_default=True)
+@pass_ctx
+@reports_errors
+def retry(obj: Context, upload_id: str, digest: str | None, wait: bool, timeout: float) -> None:
+    """Re-enqueue the failed verification of UPLOAD_ID."""
+    ticket = obj.ingest.retry(upload_id, digest)
+    if not wait:
+        obj.emit({"upload_id": upload_id, "task_id": ticket.task_id}, f"queued {ticket.task_id}")
+        return
+    result = ticket.wait(timeout=timeout)
+    obj.emit(result, f"committed {result['repository']}@{result['digest']}")
+
+
+@cli.command()
+@click.argument("upload_id")
+@pass_ctx
+@reports_errors
+def cancel(obj: Context, upload_id: str) -> None:
+    """Discard an upload and its staged bytes."""
+    obj.ingest.cancel(upload_id)
+    obj.emit({"upload_id": upload_id, "cancelled": True}, f"cancelled {upload_id}")
+
+
+def main() -> None:
+    cli(prog_name="ingest")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

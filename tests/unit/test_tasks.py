@@ -1,0 +1,141 @@
+"""The verification task's policy: transient faults retry, verdicts do not."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest import paths
+from ingest.errors import DigestInvalid, StorageUnavailable
+from ingest.storage.filesystem import FilesystemDriver
+from ingest.uploads import Staging, UploadRecord, UploadState
+from workers import tasks
+from workers.app import app
+
+
+@pytest.fixture
+def progress_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Record progress reports instead of sending them to a result backend."""
+    calls: list[dict[str, Any]] = []
+
+    def record(
+        task_id: str | None = None, state: str | None = None, meta: Any = None, **kw: Any
+    ) -> None:
+        calls.append({"state": state, **(meta or {})})
+
+    monkeypatch.setattr(tasks.verify_upload, "update_state", record)
+    return calls
+
+
+@pytest.fixture
+def storage(tmp_path: Path, progress_calls: list[dict[str, Any]]) -> Iterator[FilesystemDriver]:
+    settings = app.conf.ingest_settings
+    app.conf.ingest_settings = replace(settings, storage_root=str(tmp_path / "root"))
+    tasks._driver.cache_clear()
+    try:
+        yield FilesystemDriver(tmp_path / "root")
+    finally:
+        app.conf.ingest_settings = settings
+        tasks._driver.cache_clear()
+
+
+def staged(driver: FilesystemDriver, data: bytes, digest: str) -> str:
+    staging = Staging(driver)
+    info = staging.create("unit/tasks")
+    w = driver.writer(paths.upload_data_path(info.id), append=True)
+    w.write(data)
+    w.commit()
+    w.close()
+    record = staging.state(info.id)
+    staging.transition(
+        info.id, record, UploadState.FINISHING, claimed_digest=digest, size=len(data), task_id=None
+    )
+    return info.id
+
+
+def test_task_is_registered_under_its_explicit_name_with_json_only() -> None:
+    assert tasks.verify_upload.name == "ingest.verify_upload"
+    assert app.conf.accept_content == ["json"]
+    assert app.conf.task_serializer == "json"
+    assert app.conf.result_serializer == "json"
+    assert app.conf.task_acks_late is True
+    assert app.conf.task_reject_on_worker_lost is True
+    assert app.conf.worker_prefetch_multiplier == 1
+    assert app.conf.broker_transport_options["visibility_timeout"] > app.conf.task_time_limit
+
+
+def test_transient_storage_faults_are_retried_then_the_upload_commits(
+    storage: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = b"retry me" * 1000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    uid = staged(storage, data, digest)
+    calls = {"n": 0}
+    real = tasks.commit_upload
+
+    def flaky(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise StorageUnavailable("disk hiccup", {"errno": "EIO"})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "commit_upload", flaky)
+    res = tasks.verify_upload.apply(args=(uid, digest, None))
+    assert res.state == "SUCCESS"
+    assert res.result["status"] == "committed"
+    assert calls["n"] == 3
+
+
+def test_retries_are_bounded_and_the_final_failure_is_recorded(
+    storage: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = b"never works"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    uid = staged(storage, data, digest)
+    calls = {"n": 0}
+
+    def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls["n"] += 1
+        raise StorageUnavailable("disk gone", {"errno": "EIO"})
+
+    monkeypatch.setattr(tasks, "commit_upload", broken)
+    res = tasks.verify_upload.apply(args=(uid, digest, None))
+    assert res.state == "FAILURE"
+    assert isinstance(res.result, StorageUnavailable)
+    assert calls["n"] == 1 + app.conf.ingest_settings.task_max_retries
+    record: UploadRecord = Staging(storage).state(uid)
+    assert record.state is UploadState.FAILED
+    assert record.error is not None
+    assert record.error["code"] == "UNAVAILABLE"
+
+
+def test_progress_is_reported_as_a_custom_state_with_bytes_done_and_total(
+    storage: FilesystemDriver, progress_calls: list[dict[str, Any]]
+) -> None:
+    data = b"p" * 5000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    uid = staged(storage, data, digest)
+    assert tasks.verify_upload.apply(args=(uid, digest, None)).state == "SUCCESS"
+    assert progress_calls[0] == {
+        "state": "PROGRESS",
+        "upload_id": uid,
+        "digest": digest,
+        "done": 0,
+        "total": 5000,
+    }
+
+
+def test_a_digest_mismatch_fails_once_without_retrying(storage: FilesystemDriver) -> None:
+    uid = staged(storage, b"actual bytes", "sha256:" + "0" * 64)
+    res = tasks.verify_upload.apply(args=(uid, "sha256:" + "0" * 64, None))
+    assert res.state == "FAILURE"
+    assert isinstance(res.result, DigestInvalid)
+    assert res.result.detail["computed"] == "sha256:" + hashlib.sha256(b"actual bytes").hexdigest()
+    assert res.result.detail["claimed"] == "sha256:" + "0" * 64
+    assert Staging(storage).state(uid).state is UploadState.FAILED
+    assert (storage.root / "uploads" / uid / "data").exists()
