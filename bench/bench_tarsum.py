@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingest.tarsum import TarSum  # noqa: E402
+from ingest.tarsum import TarSum
 
 CHUNK = 1 << 20
 LABEL = "tarsum.v1+sha256"
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
-        cases = [
+        cases: list[tuple[str, Path, Callable[[Path], None], float]] = [
             ("50 MiB single file", base / "large.tar", build_large, 0.85),
             ("10,000 small files", base / "small.tar", build_small, 0.15),
         ]

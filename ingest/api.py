@@ -138,6 +138,12 @@ class Ingest:
             )
         return Upload(self, info)
 
+    def finish(self, repository: str, upload_id: str, digest: str, size: int | None = None) -> Ticket:
+        """Finish an upload by id (as a frontend does per request): like
+        ``Upload.finish``, and also allowed again after a failed verification."""
+        self.staging.info(upload_id, repository)
+        return self._finish(upload_id, digest, size)
+
     def _finish(self, upload_id: str, digest: str, size: int | None) -> Ticket:
         claimed = parse_digest(digest)
         new_verifier(claimed)  # unsupported tarsum labels fail now, not in a worker

@@ -144,6 +144,28 @@ def cancel(obj: Context, upload_id: str) -> None:
     obj.emit({"upload_id": upload_id, "cancelled": True}, f"cancelled {upload_id}")
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Frontend processes.")
+@click.option("--log-level", default="warning", show_default=True)
+def serve(host: str, port: int, workers: int, log_level: str) -> None:
+    """Serve the OCI distribution API and the ingest JSON API (needs the 'http' extra)."""
+    import uvicorn
+
+    uvicorn.run(
+        "ingest.http.app:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+        # Frontends are stateless: any process can serve any upload.
+        timeout_keep_alive=30,
+    )
+
+
 def main() -> None:
     cli(prog_name="ingest")
 

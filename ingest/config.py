@@ -61,6 +61,8 @@ class Settings:
     verify_base_time: int = 60
     visibility_timeout: int = 3600
     result_expires: int = 7 * 24 * 3600
+    finish_wait: float = 300.0
+    max_manifest_size: int = 4 << 20
 
     def __post_init__(self) -> None:
         # Empty broker/backend fall back to the Redis URL.
@@ -68,7 +70,7 @@ class Settings:
             object.__setattr__(self, "broker_url", self.redis_url)
         if not self.result_backend:
             object.__setattr__(self, "result_backend", self.redis_url)
-        for name in ("max_blob_size", "verify_chunk", "verify_min_rate"):
+        for name in ("max_blob_size", "verify_chunk", "verify_min_rate", "max_manifest_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.task_max_retries < 0:
@@ -101,8 +103,12 @@ class Settings:
                 continue
             try:
                 if f.type in ("int", int):
-                    is_size = f.name in ("max_blob_size", "verify_chunk", "verify_min_rate")
+                    is_size = f.name in (
+                        "max_blob_size", "verify_chunk", "verify_min_rate", "max_manifest_size",
+                    )
                     values[f.name] = parse_size(raw) if is_size else int(raw)
+                elif f.type in ("float", float):
+                    values[f.name] = float(raw)
                 else:
                     values[f.name] = raw
             except ValueError as exc:

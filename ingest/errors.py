@@ -14,9 +14,12 @@ HTTP status it maps to, and whether retrying the same operation can succeed::
     │   ├── DigestInvalid            DIGEST_INVALID        400
     │   │   └── TarSumUnsupported    DIGEST_INVALID        400
     │   ├── SizeInvalid              SIZE_INVALID          400
+    │   │   └── TooLarge                 SIZE_INVALID          413
     │   ├── NameInvalid              NAME_INVALID          400
     │   ├── NameUnknown              NAME_UNKNOWN          404
     │   ├── ManifestBlobUnknown      MANIFEST_BLOB_UNKNOWN 400
+    │   ├── ManifestInvalid          MANIFEST_INVALID      400
+    │   ├── ManifestUnknown          MANIFEST_UNKNOWN      404
     │   ├── Unsupported              UNSUPPORTED           405
     │   └── TooManyRequests          TOOMANYREQUESTS       429  yes
     └── ServerError                  (5xx: ours, not the client's)
@@ -49,6 +52,8 @@ __all__ = [
     "DigestInvalid",
     "IngestError",
     "ManifestBlobUnknown",
+    "ManifestInvalid",
+    "ManifestUnknown",
     "NameInvalid",
     "NameUnknown",
     "RangeInvalid",
@@ -56,6 +61,7 @@ __all__ = [
     "SizeInvalid",
     "StorageUnavailable",
     "TarSumUnsupported",
+    "TooLarge",
     "TooManyRequests",
     "Unknown",
     "Unsupported",
@@ -178,6 +184,13 @@ class SizeInvalid(ClientError):
     default_message = "provided length did not match content length"
 
 
+class TooLarge(SizeInvalid):
+    """The blob or manifest exceeds the configured maximum (HTTP 413)."""
+
+    http_status = 413
+    default_message = "content exceeds the maximum size"
+
+
 class NameInvalid(ClientError):
     """The repository name does not follow the distribution grammar."""
 
@@ -200,6 +213,22 @@ class ManifestBlobUnknown(ClientError):
     code = "MANIFEST_BLOB_UNKNOWN"
     http_status = 400
     default_message = "manifest references unknown blobs"
+
+
+class ManifestInvalid(ClientError):
+    """The manifest is not valid JSON of a supported type, or contradicts its address."""
+
+    code = "MANIFEST_INVALID"
+    http_status = 400
+    default_message = "manifest invalid"
+
+
+class ManifestUnknown(ClientError):
+    """No manifest under that tag or digest in the repository."""
+
+    code = "MANIFEST_UNKNOWN"
+    http_status = 404
+    default_message = "manifest unknown"
 
 
 class Unsupported(ClientError):

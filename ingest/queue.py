@@ -8,6 +8,9 @@ so ``import ingest`` stays free of it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,6 +62,9 @@ class TaskQueue(Protocol):
     def info(self, task_id: str) -> TaskInfo:
         """The task's current state, progress and outcome, without waiting."""
 
+    async def wait_async(self, task_id: str, timeout: float) -> dict[str, Any]:
+        """:meth:`wait` for event loops: must not block the loop or hold a thread."""
+
 
 def client_config(broker_url: str, result_backend: str, visibility_timeout: int) -> dict[str, Any]:
     """The Celery settings a *sender* needs; the worker's full set extends these."""
@@ -90,11 +96,94 @@ def _error_from_result(value: object, task_id: str) -> IngestError:
     )
 
 
+_READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+class _RedisResultWaiter:
+    """Waits for many task results on one Redis pub/sub connection per event loop.
+
+    Celery's Redis backend SETs ``celery-task-meta-<id>`` and PUBLISHes the same
+    JSON on a channel of that name. A waiter subscribes, then GETs the key (the
+    result may predate the subscription), then awaits the message: no polling,
+    no thread per waiting request.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._redis: Any = None
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiters: dict[str, set[asyncio.Future[dict[str, Any]]]] = {}
+        self._lock = asyncio.Lock()
+
+    async def _ensure(self) -> None:
+        async with self._lock:
+            if self._reader is not None and not self._reader.done():
+                return
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.Redis.from_url(self._url)
+            self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            # get_message refuses to run with no subscription at all.
+            await self._pubsub.subscribe("ingest:v1:results-keepalive")
+            self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                msg = await self._pubsub.get_message(timeout=30.0)
+                if msg is None or msg.get("type") != "message":
+                    continue
+                channel = msg["channel"].decode()
+                try:
+                    meta = json.loads(msg["data"])
+                except ValueError:
+                    continue
+                if meta.get("status") in _READY:
+                    for fut in self._waiters.get(channel, ()):
+                        if not fut.done():
+                            fut.set_result(meta)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - wake every waiter; the next wait reconnects
+            err = StorageUnavailable("result backend connection lost", {"error": str(exc)[:200]})
+            for futs in self._waiters.values():
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_exception(err)
+
+    async def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
+        key = f"celery-task-meta-{task_id}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        first = key not in self._waiters
+        self._waiters.setdefault(key, set()).add(fut)
+        try:
+            await self._ensure()
+            if first:
+                await self._pubsub.subscribe(key)
+            raw = await self._redis.get(key)
+            if raw is not None:
+                meta = json.loads(raw)
+                if meta.get("status") in _READY:
+                    return dict(meta)
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._waiters[key]
+                    if self._pubsub is not None:
+                        with contextlib.suppress(Exception):
+                            await self._pubsub.unsubscribe(key)
+
+
 class CeleryTaskQueue:
     """:class:`TaskQueue` over a Celery app (its own, or one passed in)."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self._waiters: dict[int, _RedisResultWaiter] = {}
 
     @classmethod
     def from_urls(
@@ -145,6 +234,32 @@ class CeleryTaskQueue:
             ) from exc
         if res.state == "SUCCESS" and isinstance(value, dict):
             return value
+        raise _error_from_result(value, task_id)
+
+    async def wait_async(self, task_id: str, timeout: float) -> dict[str, Any]:
+        backend_url = str(self.app.conf.result_backend or "")
+        if not backend_url.startswith(("redis://", "rediss://", "unix://")):
+            # Other backends have no push channel: block a worker thread instead.
+            return await asyncio.to_thread(self.wait, task_id, timeout)
+        loop_id = id(asyncio.get_running_loop())
+        waiter = self._waiters.get(loop_id)
+        if waiter is None:
+            waiter = self._waiters[loop_id] = _RedisResultWaiter(backend_url)
+        from redis.exceptions import RedisError
+
+        try:
+            meta = await waiter.wait(task_id, timeout)
+        except TimeoutError:
+            raise VerificationTimeout(
+                f"verification not finished after {timeout:g} s", {"task_id": task_id}
+            ) from None
+        except (OSError, RedisError) as exc:
+            raise StorageUnavailable("result backend unreachable", {"error": str(exc)[:300]}) from exc
+        if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
+            return dict(meta["result"])
+        value: object = meta.get("result")
+        if isinstance(value, dict) and "exc_type" in value:
+            value = self.app.backend.exception_to_python(value)
         raise _error_from_result(value, task_id)
 
     def info(self, task_id: str) -> TaskInfo:

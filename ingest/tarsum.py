@@ -451,8 +451,8 @@ class TarSum:
     __slots__ = (
         "_block_buf",
         "_cache",
-        "_dec_out",
         "_dec_in",
+        "_dec_out",
         "_error",
         "_extra",
         "_gz_between",
@@ -683,9 +683,7 @@ class TarSum:
             and out > _RATIO_GRACE
             and out > self._max_ratio * max(self._dec_in, 1)
         ):
-            raise _TarError(
-                "decompression-limit", f"compression ratio exceeds {self._max_ratio:g}"
-            )
+            raise _TarError("decompression-limit", f"compression ratio exceeds {self._max_ratio:g}")
 
     def _end_of_input(self) -> None:
         if self._mode == 0 and self._head:
@@ -733,7 +731,7 @@ class TarSum:
                 h.update(mv[pos : pos + rem])
                 pos += rem
                 self._end_entry()
-            elif state == _S_HEADER or state == _S_ZERO:
+            elif state in (_S_HEADER, _S_ZERO):
                 if block_buf:
                     take = min(_BLOCK - len(block_buf), n - pos)
                     block_buf += mv[pos : pos + take]

@@ -32,7 +32,7 @@ from ingest.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
     RangeInvalid,
-    SizeInvalid,
+    TooLarge,
     UploadClosed,
 )
 from ingest.names import validate_name
@@ -264,7 +264,7 @@ class UploadWriter:
 
     def _check_limit(self, current: int, adding: int) -> None:
         if self.max_size is not None and current + adding > self.max_size:
-            raise SizeInvalid(
+            raise TooLarge(
                 f"blob exceeds the maximum size of {self.max_size} bytes",
                 {"limit": self.max_size, "upload_id": self.id},
             )

@@ -70,6 +70,9 @@ class RecordingQueue:
             self.driver, c.upload_id, c.digest, c.size, task_id=c.task_id, progress=self.progress
         )
 
+    async def wait_async(self, task_id: str, timeout: float) -> dict[str, Any]:
+        return self.wait(task_id, timeout)
+
     def info(self, task_id: str) -> TaskInfo:
         return TaskInfo(task_id, "PENDING")
 

@@ -92,8 +92,11 @@ def grammar_names(draw: st.DrawFn) -> str:
 
 
 @settings(max_examples=300, deadline=None)
-@given(name=st.one_of(st.text(max_size=60), st.text(alphabet=_NAME_ALPHABET, max_size=60),
-                      grammar_names()))
+@given(
+    name=st.one_of(
+        st.text(max_size=60), st.text(alphabet=_NAME_ALPHABET, max_size=60), grammar_names()
+    )
+)
 def test_any_text_is_rejected_or_maps_to_a_safe_layers_path(name: str) -> None:
     try:
         validate_name(name)

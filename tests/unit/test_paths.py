@@ -56,9 +56,17 @@ def test_mapper_builds_the_exact_storage_path(build: Callable[[], str], expected
 
 def test_every_exported_mapper_function_is_in_the_table() -> None:
     covered = {
-        "blob_dir", "blob_data_path", "layers_dir", "layer_link_path", "uploads_root",
-        "upload_dir", "upload_data_path", "upload_info_path", "upload_state_path",
-        "upload_result_path", "validate_upload_id",
+        "blob_dir",
+        "blob_data_path",
+        "layers_dir",
+        "layer_link_path",
+        "uploads_root",
+        "upload_dir",
+        "upload_data_path",
+        "upload_info_path",
+        "upload_state_path",
+        "upload_result_path",
+        "validate_upload_id",
     }
     assert set(paths.__all__) == covered
 
@@ -69,8 +77,14 @@ def test_a_parsed_digest_maps_like_a_constructed_one() -> None:
 
 @pytest.mark.parametrize(
     "digest",
-    [Digest("sha256", ".."), Digest("sha256", "."), Digest("..", HEX256),
-     Digest("sha256", "ab/../../etc"), Digest("sha256", ""), Digest("sha 256", HEX256)],
+    [
+        Digest("sha256", ".."),
+        Digest("sha256", "."),
+        Digest("..", HEX256),
+        Digest("sha256", "ab/../../etc"),
+        Digest("sha256", ""),
+        Digest("sha 256", HEX256),
+    ],
 )
 def test_an_unsafe_hand_built_digest_is_refused(digest: Digest) -> None:
     with pytest.raises(ValueError, match="unsafe digest"):
@@ -119,7 +133,12 @@ def test_validate_upload_id_rejects_anything_but_a_lower_case_uuid4(upload_id: s
     with pytest.raises(BlobUploadUnknown) as info:
         paths.validate_upload_id(upload_id)
     assert len(info.value.detail["upload_id"]) <= 64
-    for mapper in (paths.upload_dir, paths.upload_data_path, paths.upload_info_path,
-                   paths.upload_state_path, paths.upload_result_path):
+    for mapper in (
+        paths.upload_dir,
+        paths.upload_data_path,
+        paths.upload_info_path,
+        paths.upload_state_path,
+        paths.upload_result_path,
+    ):
         with pytest.raises(BlobUploadUnknown):
             mapper(upload_id)

@@ -287,11 +287,18 @@ def ts(data: bytes, label: str = "tarsum.v1+sha256", extra: bytes = b"") -> str:
     return t.finish()
 
 
+def feed(t: TarSum, data: bytes, step: int | None = None) -> str:
+    """Feed ``data`` whole or in ``step``-sized pieces and finish."""
+    step = step or max(len(data), 1)
+    for i in range(0, len(data), step):
+        t.update(data[i : i + step])
+    return t.finish()
+
+
 def tar_error(data: bytes, label: str = "tarsum.v1+sha256", **kw: Any) -> str:
     t = TarSum(label, **kw)
     with pytest.raises(DigestInvalid) as info:
-        t.update(data)
-        t.finish()
+        feed(t, data)
     assert info.value.detail["reason"] == "tar-error"
     assert not isinstance(info.value, TarSumUnsupported)
     error: str = info.value.detail["error"]
@@ -336,7 +343,7 @@ def test_entry_kinds_and_end_markers() -> None:
         assert ts(arc + bytes(512), label) == want  # a single zero block
         assert ts(arc + EOA + b"trailing junk is never read", label) == want
         # EOF inside the padding after the last entry: the legacy reader stops cleanly.
-        assert ts(member(body) [:512 + 6 + 100], label) == final(
+        assert ts(member(body)[: 512 + 6 + 100], label) == final(
             version, [entry_hex(version, name=b"file.txt", size=6, body=body)]
         )
 
@@ -466,8 +473,11 @@ def _gz(data: bytes) -> bytes:
         (pax({b"size": b"3"}) + member(), "pax-size-mismatch"),
         (member(typeflag=b"L", size=META_RECORD_CAP + 1)[:512], "meta-too-large"),
         (member(raw={124: b"\xff" * 12}), "negative-size"),
-        (member(raw={100: b"\x80" + bytes(6) + b"\x01"}) + member(
-            raw={100: b"\x80" + b"\x01" + bytes(6)}), "mode-too-large"),
+        (
+            member(raw={100: b"\x80" + bytes(6) + b"\x01"})
+            + member(raw={100: b"\x80" + b"\x01" + bytes(6)}),
+            "mode-too-large",
+        ),
         (_gz(member(b"abc"))[:-9], "gzip-truncated"),
         (_gz(member(b"abc")) + b"junk", "gzip-trailing-garbage"),
         (b"\x1f\x8b" + b"\x00" * 600, "gzip-error"),
@@ -480,9 +490,7 @@ def test_tar_errors(data: bytes, error: str) -> None:
     # And the same in tiny chunks.
     t = TarSum()
     with pytest.raises(DigestInvalid) as info:
-        for i in range(0, len(data), 7):
-            t.update(data[i : i + 7])
-        t.finish()
+        feed(t, data, 7)
     assert info.value.detail == {"reason": "tar-error", "error": error}
     # The failure is sticky.
     with pytest.raises(DigestInvalid):
@@ -498,10 +506,7 @@ def test_gzip_input() -> None:
     # multi-member gzip, split mid-entry, plus trailing zero padding
     multi = _gz(arc[:700]) + _gz(arc[700:]) + bytes(100)
     assert ts(multi) == want
-    t = TarSum()
-    for i in range(len(multi)):
-        t.update(multi[i : i + 1])
-    assert t.finish() == want
+    assert feed(TarSum(), multi, 1) == want
     # gzip of a tar without end blocks needs the whole stream
     assert ts(_gz(arc[:-1024])) == want
 
@@ -598,7 +603,8 @@ def test_api_lifecycle(tmp_path: Path) -> None:
     t = TarSum("tarsum.dev+sha512")
     t.update(bytearray(arc))
     out = t.finish()
-    assert out.startswith("tarsum.dev+sha512:") and len(out) == len("tarsum.dev+sha512:") + 128
+    assert out.startswith("tarsum.dev+sha512:")
+    assert len(out) == len("tarsum.dev+sha512:") + 128
     assert t.finish() == out
     with pytest.raises(RuntimeError):
         t.update(b"")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from ingest.errors import (
 )
 from ingest.storage.base import StorageDriver
 from ingest.uploads import COPY_CHUNK, Staging, UploadRecord, UploadState
-from tests.unit.fakes import DRIVER_KINDS, RecordingQueue, make_driver, make_ingest, sha256
+from tests.unit.fakes import DRIVER_KINDS, make_driver, make_ingest, sha256
 
 REPO = "library/ubuntu"
 
@@ -128,9 +129,7 @@ def test_read_from_with_a_limit_copies_only_that_many_bytes(
     assert _staged(driver, up.id) == b"0123"
 
 
-def test_close_keeps_the_staged_bytes_and_is_idempotent(
-    ing: Ingest, driver: StorageDriver
-) -> None:
+def test_close_keeps_the_staged_bytes_and_is_idempotent(ing: Ingest, driver: StorageDriver) -> None:
     with ing.start_upload(REPO) as up:
         up.write(b"kept")
         up.flush()
@@ -180,7 +179,7 @@ def test_operations_on_a_closed_handle_raise_upload_closed(ing: Ingest) -> None:
     up = ing.start_upload(REPO)
     up.write(b"abc")
     up.close()
-    operations = [
+    operations: list[Callable[[], object]] = [
         lambda: up.write(b"x"),
         lambda: up.write_at(3, b"x"),
         lambda: up.read_from(io.BytesIO(b"x")),
@@ -209,8 +208,12 @@ def test_writes_after_finish_are_blob_upload_invalid(ing: Ingest, driver: Storag
     other = ing.resume(REPO, up.id)
     up.write(b"abc")
     up.finish(sha256(b"abc"))
-    for op in (lambda: other.write(b"late"), lambda: other.write_at(3, b"late"),
-               lambda: other.read_from(io.BytesIO(b"late"))):
+    late_writes: list[Callable[[], object]] = [
+        lambda: other.write(b"late"),
+        lambda: other.write_at(3, b"late"),
+        lambda: other.read_from(io.BytesIO(b"late")),
+    ]
+    for op in late_writes:
         with pytest.raises(BlobUploadInvalid) as info:
             op()
         assert type(info.value) is BlobUploadInvalid
@@ -229,7 +232,7 @@ def test_cancel_then_any_operation_is_blob_upload_unknown(
     up.cancel()
     assert up.closed
     assert list(driver.walk("/uploads")) == []
-    operations = [
+    operations: list[Callable[[], object]] = [
         lambda: ing.resume(REPO, up.id),
         lambda: ing.status(up.id),
         lambda: ing.retry(up.id),
@@ -276,8 +279,15 @@ def test_read_from_stops_at_max_blob_size_without_writing_past_it(
 
 def test_upload_record_survives_its_json_form() -> None:
     record = UploadRecord(
-        UploadState.FAILED, 12.5, claimed_digest=sha256(b""), expected_size=3, size=3,
-        task_id="t", attempt=2, error={"code": "DIGEST_INVALID"}, verified=None,
+        UploadState.FAILED,
+        12.5,
+        claimed_digest=sha256(b""),
+        expected_size=3,
+        size=3,
+        task_id="t",
+        attempt=2,
+        error={"code": "DIGEST_INVALID"},
+        verified=None,
         history=[{"state": "failed", "at": 12.5}],
     )
     assert UploadRecord.from_json(record.to_json()) == record
@@ -295,9 +305,3 @@ def test_last_activity_is_the_latest_state_change_or_write(driver: StorageDriver
     staging.transition(info.id, record, UploadState.FAILED)
     assert staging.last_activity(info.id) == 1e11
     assert staging.state(info.id).history == [{"state": "failed", "at": 1e11}]
-
-
-def test_a_fresh_queue_records_nothing(driver: StorageDriver) -> None:
-    queue = RecordingQueue(driver)
-    assert queue.calls == []
-    assert queue.info("x").state == "PENDING"

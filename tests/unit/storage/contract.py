@@ -252,9 +252,7 @@ class StorageDriverContract:
         driver.delete("/ls")
         driver.delete("/lsx")
 
-    def test_list_of_a_missing_directory_raises_path_not_found(
-        self, driver: StorageDriver
-    ) -> None:
+    def test_list_of_a_missing_directory_raises_path_not_found(self, driver: StorageDriver) -> None:
         with pytest.raises(PathNotFound):
             driver.list("/missing")
 
@@ -372,7 +370,10 @@ class StorageDriverContract:
         deadline=None,
         # One driver per example run is cleaned up by the test itself, and every
         # backend class is its own executor of this shared method.
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors],
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.differing_executors,
+        ],
     )
     @given(path=st.one_of(st.text(max_size=40), st.text(alphabet=_PATH_ALPHABET, max_size=40)))
     def test_arbitrary_text_is_either_rejected_or_stored_as_that_exact_key(

@@ -1,0 +1,99 @@
+"""The HTTP frontend: OCI distribution API v1.1 plus the ingest JSON API.
+
+``create_app`` is the one place the frontend reads configuration; handlers get
+the :class:`~ingest.api.Ingest` facade and the manifest store from ``app.state``.
+Blob uploads are finished through the Celery verification task (via the queue
+seam); waiting for its result is a pub/sub wait on the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ingest.api import Ingest
+from ingest.config import Settings
+from ingest.errors import IngestError
+from ingest.http import blobs, ingest_api, manifests
+from ingest.http.errors import http_error, ingest_error, unexpected_error
+from ingest.manifests import ManifestStore
+
+
+async def version_check(request: Request) -> Response:
+    return JSONResponse({})
+
+
+class _VersionHeader:
+    """Adds Docker-Distribution-API-Version to every /v2 response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v2"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"docker-distribution-api-version", b"registry/2.0"),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def routes() -> list[Route]:
+    n = "/v2/{name:path}"
+    return [
+        Route("/v2/", version_check, methods=["GET", "HEAD"]),
+        Route(f"{n}/blobs/uploads/", blobs.start_upload, methods=["POST"]),
+        Route(f"{n}/blobs/uploads/{{upload_id}}", blobs.patch_upload, methods=["PATCH"]),
+        Route(f"{n}/blobs/uploads/{{upload_id}}", blobs.put_upload, methods=["PUT"]),
+        Route(f"{n}/blobs/uploads/{{upload_id}}", blobs.get_upload, methods=["GET"]),
+        Route(f"{n}/blobs/uploads/{{upload_id}}", blobs.delete_upload, methods=["DELETE"]),
+        Route(f"{n}/blobs/{{digest}}", blobs.head_blob, methods=["HEAD"]),
+        Route(f"{n}/blobs/{{digest}}", blobs.get_blob, methods=["GET"]),
+        Route(f"{n}/blobs/{{digest}}", blobs.delete_blob, methods=["DELETE"]),
+        Route(f"{n}/manifests/{{reference}}", manifests.put_manifest, methods=["PUT"]),
+        Route(f"{n}/manifests/{{reference}}", manifests.get_manifest, methods=["GET", "HEAD"]),
+        Route(f"{n}/manifests/{{reference}}", manifests.delete_manifest, methods=["DELETE"]),
+        Route(f"{n}/tags/list", manifests.list_tags, methods=["GET"]),
+        Route(f"{n}/referrers/{{digest}}", manifests.list_referrers, methods=["GET"]),
+        Route("/ingest/v1/uploads/{upload_id}", ingest_api.upload_status, methods=["GET"]),
+        Route("/ingest/v1/uploads/{upload_id}/retry", ingest_api.retry_upload, methods=["POST"]),
+        Route("/ingest/v1/openapi.json", ingest_api.openapi, methods=["GET"]),
+    ]
+
+
+def create_app(settings: Settings | None = None, *, ingest: Ingest | None = None) -> Starlette:
+    """Build the ASGI app. Without arguments, configuration comes from the environment."""
+    if ingest is None:
+        settings = settings or Settings.from_env(os.environ)
+        ingest = Ingest.from_settings(settings)
+    app = Starlette(
+        routes=routes(),
+        middleware=[Middleware(_VersionHeader)],
+        exception_handlers={
+            IngestError: ingest_error,
+            HTTPException: http_error,
+            Exception: unexpected_error,
+        },
+    )
+    app.state.ingest = ingest
+    app.state.manifests = ManifestStore(ingest.driver, max_size=ingest.settings.max_manifest_size)
+    return app
+
+
+def app_factory() -> Starlette:
+    """For ``uvicorn --factory ingest.http.app:app_factory``."""
+    return create_app()

@@ -1,0 +1,115 @@
+"""The ingest-specific JSON API for frontends and operators, next to ``/v2/``.
+
+* ``GET  /ingest/v1/uploads/{id}``        state, offset, live progress, result or error
+* ``POST /ingest/v1/uploads/{id}/retry``  re-verify a failed upload (body: ``{"digest": …}`` optional)
+* ``GET  /ingest/v1/openapi.json``        this API and the /v2 surface as OpenAPI 3.1
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ingest.api import Ingest
+from ingest.errors import BlobUploadInvalid
+from ingest.paths import validate_upload_id
+
+
+def _ingest(request: Request) -> Ingest:
+    ing = request.app.state.ingest
+    assert isinstance(ing, Ingest)
+    return ing
+
+
+async def upload_status(request: Request) -> Response:
+    upload_id = validate_upload_id(request.path_params["upload_id"])
+    status = await run_in_threadpool(_ingest(request).status, upload_id)
+    return JSONResponse(status.to_dict())
+
+
+async def retry_upload(request: Request) -> Response:
+    upload_id = validate_upload_id(request.path_params["upload_id"])
+    digest = None
+    raw = await request.body() if int(request.headers.get("content-length") or 0) <= 4096 else b""
+    if raw.strip():
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise BlobUploadInvalid("body must be JSON", {"reason": "json"}) from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("digest", ""), str):
+            raise BlobUploadInvalid('body must be {"digest": "<digest>"}', {"reason": "json"})
+        digest = doc.get("digest") or None
+    ticket = await run_in_threadpool(_ingest(request).retry, upload_id, digest)
+    return JSONResponse(
+        {"upload_id": upload_id, "task_id": ticket.task_id, "state": "finishing"},
+        status_code=202,
+        headers={"Location": f"/ingest/v1/uploads/{upload_id}"},
+    )
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}}}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "verified-ingest", "version": "1"},
+    "paths": {
+        "/ingest/v1/uploads/{upload_id}": {
+            "get": {
+                "summary": "Upload state, live verification progress, and outcome",
+                "parameters": [{"name": "upload_id", "in": "path", "required": True,
+                                "schema": {"type": "string", "format": "uuid"}}],
+                "responses": {
+                    "200": {"description": "status", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/UploadStatus"}}}},
+                    "404": _error_response("BLOB_UPLOAD_UNKNOWN"),
+                },
+            }
+        },
+        "/ingest/v1/uploads/{upload_id}/retry": {
+            "post": {
+                "summary": "Re-enqueue a failed verification as a new attempt",
+                "parameters": [{"name": "upload_id", "in": "path", "required": True,
+                                "schema": {"type": "string", "format": "uuid"}}],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"digest": {"type": "string"}}}}}},
+                "responses": {
+                    "202": {"description": "queued", "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {
+                            "upload_id": {"type": "string"}, "task_id": {"type": "string"},
+                            "state": {"type": "string"}}}}}},
+                    "400": _error_response("BLOB_UPLOAD_INVALID: committed or not failed"),
+                    "404": _error_response("BLOB_UPLOAD_UNKNOWN"),
+                },
+            }
+        },
+        "/v2/": {"get": {"summary": "API version check", "responses": {"200": {"description": "ok"}}}},
+    },
+    "components": {
+        "schemas": {
+            "Errors": {"type": "object", "properties": {"errors": {"type": "array", "items": {
+                "type": "object", "required": ["code", "message"], "properties": {
+                    "code": {"type": "string"}, "message": {"type": "string"},
+                    "detail": {"type": "object"}}}}}},
+            "UploadStatus": {"type": "object", "properties": {
+                "upload_id": {"type": "string"}, "repository": {"type": "string"},
+                "started_at": {"type": "number"}, "last_activity": {"type": "number"},
+                "state": {"type": "string", "enum": ["open", "finishing", "verified", "failed", "committed"]},
+                "offset": {"type": "integer"}, "claimed_digest": {"type": ["string", "null"]},
+                "task_id": {"type": ["string", "null"]}, "attempt": {"type": "integer"},
+                "task_state": {"type": ["string", "null"]},
+                "progress": {"type": ["object", "null"], "properties": {
+                    "done": {"type": "integer"}, "total": {"type": "integer"}}},
+                "result": {"type": ["object", "null"]}, "error": {"type": ["object", "null"]}}},
+        }
+    },
+}
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)

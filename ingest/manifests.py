@@ -1,0 +1,324 @@
+"""Manifests, tags and referrers.
+
+Manifests are small, so they are verified inline (digest of the exact bytes,
+JSON structure, every referenced blob or child manifest linked in the
+repository) rather than through the blob verification task. Their bytes live in
+the blob store like any blob; the repository keeps links::
+
+    /repositories/<name>/_manifests/revisions/sha256/<hex>/link        "sha256:<hex>"
+    /repositories/<name>/_manifests/revisions/sha256/<hex>/mediatype   the media type
+    /repositories/<name>/_manifests/tags/<tag>/current/link            "sha256:<hex>"
+    /repositories/<name>/_manifests/referrers/sha256/<subject>/sha256/<hex>/link
+
+Supported media types: OCI image manifest and index, Docker schema 2 manifest
+and manifest list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ingest import paths
+from ingest.blobs import BlobStore
+from ingest.digests import Digest, parse_digest
+from ingest.errors import (
+    BlobUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameUnknown,
+    TooLarge,
+)
+from ingest.names import validate_name
+from ingest.storage.base import PathNotFound, StorageDriver
+
+__all__ = [
+    "INDEX_TYPES",
+    "MANIFEST_TYPES",
+    "Manifest",
+    "ManifestStore",
+    "is_digest_reference",
+    "validate_tag",
+]
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+MANIFEST_TYPES = IMAGE_TYPES | INDEX_TYPES
+
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def validate_tag(tag: str) -> str:
+    if not _TAG_RE.fullmatch(tag):
+        raise ManifestInvalid("invalid tag", {"reason": "tag-invalid", "tag": tag[:140]})
+    return tag
+
+
+def is_digest_reference(reference: str) -> bool:
+    return ":" in reference
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.body)
+
+
+def _manifests_dir(repository: str) -> str:
+    return f"/repositories/{validate_name(repository)}/_manifests"
+
+
+def _revision_dir(repository: str, digest: Digest) -> str:
+    return f"{_manifests_dir(repository)}/revisions/{digest.algorithm}/{digest.encoded}"
+
+
+def _tag_link(repository: str, tag: str) -> str:
+    return f"{_manifests_dir(repository)}/tags/{validate_tag(tag)}/current/link"
+
+
+def _referrers_dir(repository: str, subject: Digest) -> str:
+    return f"{_manifests_dir(repository)}/referrers/{subject.algorithm}/{subject.encoded}"
+
+
+class ManifestStore:
+    """Manifests of all repositories on one storage driver."""
+
+    def __init__(self, driver: StorageDriver, *, max_size: int = 4 << 20) -> None:
+        self.driver = driver
+        self.blobs = BlobStore(driver)
+        self.max_size = max_size
+
+    # -- write ---------------------------------------------------------------------
+
+    def put(self, repository: str, reference: str, body: bytes, content_type: str | None) -> Manifest:
+        """Validate and store ``body`` under ``reference`` (a tag or its digest)."""
+        validate_name(repository)
+        if len(body) > self.max_size:
+            raise TooLarge("manifest too large", {"limit": self.max_size, "size": len(body)})
+        digest = parse_digest("sha256:" + hashlib.sha256(body).hexdigest())
+        if is_digest_reference(reference):
+            claimed = parse_digest(reference)
+            if claimed.algorithm != "sha256":
+                computed = f"{claimed.algorithm}:" + hashlib.new(claimed.algorithm, body).hexdigest()
+            else:
+                computed = str(digest)
+            if computed != str(claimed):
+                raise DigestInvalid(
+                    "manifest digest did not match its content",
+                    {"reason": "mismatch", "claimed": str(claimed), "computed": computed},
+                )
+        else:
+            validate_tag(reference)
+        doc = self._parse(body)
+        media_type = self._media_type(doc, content_type)
+        self._check_references(repository, doc, media_type)
+
+        # Bytes first, then the revision, then tag/referrer links: a link never
+        # names something missing.
+        blob_path = paths.blob_data_path(digest)
+        if self.blobs.exists(digest) != len(body):
+            self.driver.put_content(blob_path, body)
+        rev = _revision_dir(repository, digest)
+        self.driver.put_content(rev + "/mediatype", media_type.encode())
+        self.driver.put_content(rev + "/link", str(digest).encode())
+        if is_digest_reference(reference) and parse_digest(reference) != digest:
+            alias = parse_digest(reference)
+            self.driver.put_content(_revision_dir(repository, alias) + "/mediatype", media_type.encode())
+            self.driver.put_content(_revision_dir(repository, alias) + "/link", str(digest).encode())
+        subject = doc.get("subject")
+        if isinstance(subject, dict) and isinstance(subject.get("digest"), str):
+            sd = parse_digest(subject["digest"])
+            self.driver.put_content(
+                f"{_referrers_dir(repository, sd)}/{digest.algorithm}/{digest.encoded}/link",
+                str(digest).encode(),
+            )
+        if not is_digest_reference(reference):
+            self.driver.put_content(_tag_link(repository, reference), str(digest).encode())
+        return Manifest(str(digest), media_type, body)
+
+    @staticmethod
+    def _parse(body: bytes) -> dict[str, Any]:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise ManifestInvalid("manifest is not valid JSON", {"reason": "json"}) from None
+        if not isinstance(doc, dict):
+            raise ManifestInvalid("manifest must be a JSON object", {"reason": "json"})
+        if doc.get("schemaVersion") != 2:
+            raise ManifestInvalid("schemaVersion must be 2", {"reason": "schema-version"})
+        return doc
+
+    @staticmethod
+    def _media_type(doc: dict[str, Any], content_type: str | None) -> str:
+        declared = doc.get("mediaType")
+        ct = (content_type or "").split(";", 1)[0].strip() or None
+        if declared is not None and not isinstance(declared, str):
+            raise ManifestInvalid("mediaType must be a string", {"reason": "media-type"})
+        if declared and ct and ct in MANIFEST_TYPES and declared != ct:
+            raise ManifestInvalid(
+                "mediaType does not match Content-Type",
+                {"reason": "media-type", "mediaType": declared, "contentType": ct},
+            )
+        media_type = declared or ct
+        if media_type is None and "manifests" in doc:
+            media_type = OCI_INDEX
+        if media_type is None and "config" in doc:
+            media_type = OCI_MANIFEST
+        if media_type not in MANIFEST_TYPES:
+            raise ManifestInvalid(
+                "unsupported manifest media type", {"reason": "media-type", "mediaType": media_type}
+            )
+        return media_type
+
+    def _descriptors(self, doc: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        value = doc.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(d, dict) for d in value):
+            raise ManifestInvalid(f"{key} must be a list of descriptors", {"reason": "descriptor"})
+        return value
+
+    def _check_references(self, repository: str, doc: dict[str, Any], media_type: str) -> None:
+        missing: list[str] = []
+        if media_type in IMAGE_TYPES:
+            config = doc.get("config")
+            if not isinstance(config, dict):
+                raise ManifestInvalid("image manifest needs a config descriptor", {"reason": "descriptor"})
+            blobs = [config, *self._descriptors(doc, "layers")]
+            for desc in blobs:
+                if desc.get("urls"):
+                    continue  # non-distributable layer fetched from elsewhere
+                d = self._descriptor_digest(desc)
+                try:
+                    info = self.blobs.stat(repository, d)
+                except BlobUnknown:
+                    missing.append(str(d))
+                    continue
+                size = desc.get("size")
+                if isinstance(size, int) and size != info.size:
+                    raise ManifestInvalid(
+                        "descriptor size does not match the blob",
+                        {"reason": "size", "digest": str(d), "size": size, "actual": info.size},
+                    )
+        else:
+            for desc in self._descriptors(doc, "manifests"):
+                d = self._descriptor_digest(desc)
+                if not self._has_revision(repository, d):
+                    missing.append(str(d))
+        if missing:
+            raise ManifestBlobUnknown(
+                "manifest references blobs not linked in this repository",
+                {"repository": repository, "missing": missing},
+            )
+
+    @staticmethod
+    def _descriptor_digest(desc: dict[str, Any]) -> Digest:
+        raw = desc.get("digest")
+        if not isinstance(raw, str):
+            raise ManifestInvalid("descriptor without a digest", {"reason": "descriptor"})
+        try:
+            return parse_digest(raw)
+        except DigestInvalid as exc:
+            raise ManifestInvalid("descriptor digest invalid", {"reason": "descriptor", **exc.detail}) from None
+
+    def _has_revision(self, repository: str, digest: Digest) -> bool:
+        try:
+            self.driver.stat(_revision_dir(repository, digest) + "/link")
+        except PathNotFound:
+            return False
+        return True
+
+    # -- read ----------------------------------------------------------------------
+
+    def resolve(self, repository: str, reference: str) -> Digest:
+        """The canonical digest of a tag or digest reference; ManifestUnknown if none."""
+        try:
+            if is_digest_reference(reference):
+                d = parse_digest(reference)
+                raw = self.driver.get_content(_revision_dir(repository, d) + "/link")
+            else:
+                raw = self.driver.get_content(_tag_link(repository, reference))
+        except PathNotFound:
+            raise ManifestUnknown(detail={"repository": repository, "reference": reference}) from None
+        return parse_digest(raw.decode("ascii").strip())
+
+    def get(self, repository: str, reference: str) -> Manifest:
+        digest = self.resolve(repository, reference)
+        try:
+            media_type = self.driver.get_content(_revision_dir(repository, digest) + "/mediatype")
+            body = self.driver.get_content(paths.blob_data_path(digest))
+        except PathNotFound:
+            raise ManifestUnknown(detail={"repository": repository, "reference": reference}) from None
+        shown = reference if is_digest_reference(reference) else str(digest)
+        return Manifest(shown, media_type.decode(), body)
+
+    def tags(self, repository: str) -> list[str]:
+        validate_name(repository)
+        try:
+            children = self.driver.list(f"{_manifests_dir(repository)}/tags")
+        except PathNotFound:
+            if self._repository_exists(repository):
+                return []
+            raise NameUnknown(detail={"repository": repository}) from None
+        return sorted(c.rsplit("/", 1)[1] for c in children)
+
+    def _repository_exists(self, repository: str) -> bool:
+        try:
+            self.driver.stat(f"/repositories/{repository}")
+        except PathNotFound:
+            return False
+        return True
+
+    def referrers(self, repository: str, subject: str, artifact_type: str | None = None) -> dict[str, Any]:
+        """An OCI image index listing the manifests whose ``subject`` is ``subject``."""
+        sd = parse_digest(subject)
+        descriptors: list[dict[str, Any]] = []
+        base = _referrers_dir(repository, sd)
+        for fi in self.driver.walk(base):
+            if not fi.path.endswith("/link"):
+                continue
+            with contextlib.suppress(PathNotFound, ManifestUnknown, ValueError):
+                digest = self.driver.get_content(fi.path).decode().strip()
+                m = self.get(repository, digest)
+                doc = json.loads(m.body)
+                at = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
+                if artifact_type and at != artifact_type:
+                    continue
+                desc: dict[str, Any] = {"mediaType": m.media_type, "digest": digest, "size": m.size}
+                if at:
+                    desc["artifactType"] = at
+                if isinstance(doc.get("annotations"), dict):
+                    desc["annotations"] = doc["annotations"]
+                descriptors.append(desc)
+        return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+
+    # -- delete --------------------------------------------------------------------
+
+    def delete(self, repository: str, reference: str) -> None:
+        """Delete a tag, or a revision by digest together with the tags naming it."""
+        if not is_digest_reference(reference):
+            try:
+                self.driver.delete(f"{_manifests_dir(repository)}/tags/{validate_tag(reference)}")
+            except PathNotFound:
+                raise ManifestUnknown(detail={"repository": repository, "reference": reference}) from None
+            return
+        digest = self.resolve(repository, reference)
+        for tag in self.tags(repository):
+            with contextlib.suppress(PathNotFound, ManifestUnknown):
+                if self.resolve(repository, tag) == digest:
+                    self.driver.delete(f"{_manifests_dir(repository)}/tags/{tag}")
+        with contextlib.suppress(PathNotFound):
+            self.driver.delete(_revision_dir(repository, parse_digest(reference)))

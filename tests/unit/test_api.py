@@ -1,0 +1,521 @@
+"""The Ingest facade: finish, wait, retry, open and status, over a recording queue."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ingest import paths
+from ingest.api import Ingest
+from ingest.config import Settings
+from ingest.digests import parse_digest
+from ingest.errors import (
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    SizeInvalid,
+    StorageUnavailable,
+)
+from ingest.storage.base import PathNotFound, StorageDriver
+from ingest.uploads import UploadState
+from tests.unit.fakes import (
+    DRIVER_KINDS,
+    RecordingQueue,
+    make_driver,
+    make_ingest,
+    sha256,
+    sha512,
+)
+
+REPO = "library/ubuntu"
+OTHER_REPO = "library/debian"
+DATA = b"layer bytes\n" * 300
+
+
+@pytest.fixture(params=DRIVER_KINDS)
+def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
+    return make_driver(request.param, tmp_path)
+
+
+@pytest.fixture
+def ingq(driver: StorageDriver) -> tuple[Ingest, RecordingQueue]:
+    return make_ingest(driver)
+
+
+def _staged_upload(ing: Ingest, data: bytes = DATA, repo: str = REPO) -> str:
+    up = ing.start_upload(repo)
+    up.write(data)
+    up.close()
+    return up.id
+
+
+def _commit(ing: Ingest, data: bytes, digest: str, repo: str = REPO) -> dict[str, object]:
+    up = ing.start_upload(repo)
+    up.write(data)
+    return up.finish(digest).wait()
+
+
+# -- finish ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("digest", "reason"),
+    [
+        ("sha256:abc", "malformed"),
+        ("SHA256:" + "a" * 64, "malformed"),
+        ("sha256:" + "A" * 64, "malformed"),
+        ("not a digest", "malformed"),
+        ("md5:d41d8cd98f00b204e9800998ecf8427e", "unsupported"),
+    ],
+)
+def test_finish_with_a_bad_digest_is_rejected_before_anything_is_enqueued(
+    ingq: tuple[Ingest, RecordingQueue], digest: str, reason: str
+) -> None:
+    ing, queue = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    with pytest.raises(DigestInvalid) as info:
+        up.finish(digest)
+    assert info.value.detail["reason"] == reason
+    assert queue.calls == []
+    record = ing.staging.state(up.id)
+    assert (record.state, record.task_id, record.attempt) == (UploadState.OPEN, None, 0)
+    # The session stays open: it can be resumed and finished properly.
+    assert ing.resume(REPO, up.id).finish(sha256(DATA)).wait()["size"] == len(DATA)
+
+
+@pytest.mark.parametrize("size", [len(DATA) - 1, len(DATA) + 1, 0, -1])
+def test_finish_with_a_wrong_size_is_size_invalid_and_enqueues_nothing(
+    ingq: tuple[Ingest, RecordingQueue], size: int
+) -> None:
+    ing, queue = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    with pytest.raises(SizeInvalid):
+        up.finish(sha256(DATA), size=size)
+    assert queue.calls == []
+    assert ing.staging.state(up.id).state is UploadState.OPEN
+
+
+def test_finish_enqueues_one_verification_with_the_upload_arguments(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, queue = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    ticket = up.finish(sha256(DATA), size=len(DATA))
+    [call] = queue.calls
+    assert (call.upload_id, call.digest, call.size, call.task_id) == (
+        up.id,
+        sha256(DATA),
+        len(DATA),
+        ticket.task_id,
+    )
+    assert call.time_limit == ing.settings.time_limit(len(DATA))
+    assert uuid.UUID(ticket.task_id)
+    assert ticket.upload_id == up.id
+    record = ing.staging.state(up.id)
+    assert (record.state, record.task_id, record.size, record.attempt) == (
+        UploadState.FINISHING,
+        ticket.task_id,
+        len(DATA),
+        1,
+    )
+
+
+def test_finish_twice_with_the_same_digest_returns_the_same_task_and_enqueues_once(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, queue = ingq
+    up = ing.start_upload(REPO)
+    second_handle = ing.resume(REPO, up.id)
+    third_handle = ing.resume(REPO, up.id)
+    up.write(DATA)
+    first = up.finish(sha256(DATA))
+    again = second_handle.finish(sha256(DATA))
+    assert again.task_id == first.task_id
+    assert len(queue.calls) == 1
+    with pytest.raises(BlobUploadInvalid):
+        third_handle.finish(sha512(DATA))
+    assert len(queue.calls) == 1
+
+
+def test_finish_after_the_commit_returns_the_committed_result_without_enqueuing(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, queue = ingq
+    up = ing.start_upload(REPO)
+    late = ing.resume(REPO, up.id)
+    other_digest = ing.resume(REPO, up.id)
+    up.write(DATA)
+    result = up.finish(sha256(DATA)).wait()
+    ticket = late.finish(sha256(DATA))
+    assert ticket.task_id == result["task_id"]
+    assert ticket.wait() == result
+    assert len(queue.calls) == 1
+    assert len(queue.waited) == 1
+    with pytest.raises(BlobUploadInvalid):
+        other_digest.finish(sha512(DATA))
+
+
+def test_a_broker_failure_while_finishing_reopens_the_upload(driver: StorageDriver) -> None:
+    class DownQueue(RecordingQueue):
+        def enqueue_verify(
+            self, upload_id: str, digest: str, size: int | None, *, task_id: str, time_limit: int
+        ) -> None:
+            raise StorageUnavailable("broker down")
+
+    ing = Ingest(driver, DownQueue(driver))
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    with pytest.raises(StorageUnavailable):
+        up.finish(sha256(DATA))
+    assert ing.staging.state(up.id).state is UploadState.OPEN
+    assert ing.resume(REPO, up.id).offset == len(DATA)
+
+
+# -- wait / commit ---------------------------------------------------------------------
+
+
+def test_finish_then_wait_returns_the_committed_result(
+    ingq: tuple[Ingest, RecordingQueue], driver: StorageDriver
+) -> None:
+    ing, _ = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    ticket = up.finish(sha256(DATA), size=len(DATA))
+    result = ticket.wait(timeout=5)
+    assert result["status"] == "committed"
+    assert result["repository"] == REPO
+    assert result["digest"] == sha256(DATA)
+    assert result["canonical_digest"] == sha256(DATA)
+    assert result["size"] == len(DATA)
+    assert result["upload_id"] == up.id
+    assert result["deduplicated"] is False
+    assert isinstance(result["duration"], float)
+    assert result["duration"] >= 0
+    assert result["task_id"] == ticket.task_id
+    with pytest.raises(PathNotFound):
+        driver.stat(paths.upload_data_path(up.id))
+    with ing.open(REPO, sha256(DATA)) as blob:
+        assert blob.read() == DATA
+
+
+def test_a_sha512_claim_links_the_sha256_blob_and_the_sha512_alias(
+    ingq: tuple[Ingest, RecordingQueue], driver: StorageDriver
+) -> None:
+    ing, _ = ingq
+    result = _commit(ing, DATA, sha512(DATA))
+    assert (result["digest"], result["canonical_digest"]) == (sha512(DATA), sha256(DATA))
+    canonical, alias = parse_digest(sha256(DATA)), parse_digest(sha512(DATA))
+    assert [i.path for i in driver.walk("/blobs")] == [paths.blob_data_path(canonical)]
+    assert driver.get_content(paths.layer_link_path(REPO, canonical)) == sha256(DATA).encode()
+    assert driver.get_content(paths.layer_link_path(REPO, alias)) == sha256(DATA).encode()
+    with ing.open(REPO, sha256(DATA)) as a, ing.open(REPO, sha512(DATA)) as b:
+        assert a.read() == b.read() == DATA
+        assert (a.digest, b.digest) == (sha256(DATA), sha512(DATA))
+        assert a.info.canonical == b.info.canonical == sha256(DATA)
+    assert ing.stat(REPO, sha512(DATA)).size == len(DATA)
+
+
+def test_identical_content_in_a_second_repository_is_deduplicated(
+    ingq: tuple[Ingest, RecordingQueue], driver: StorageDriver
+) -> None:
+    ing, _ = ingq
+    first = _commit(ing, DATA, sha256(DATA), REPO)
+    second = _commit(ing, DATA, sha256(DATA), OTHER_REPO)
+    assert (first["deduplicated"], second["deduplicated"]) == (False, True)
+    assert len(list(driver.walk("/blobs"))) == 1
+    assert not [i.path for i in driver.walk("/uploads") if i.path.endswith("/data")]
+    for repo in (REPO, OTHER_REPO):
+        with ing.open(repo, sha256(DATA)) as blob:
+            assert blob.read() == DATA
+
+
+def test_a_mismatch_raises_digest_invalid_and_keeps_the_upload_for_a_retry(
+    ingq: tuple[Ingest, RecordingQueue], driver: StorageDriver
+) -> None:
+    ing, _ = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    claimed = sha256(b"what the client thought it sent")
+    ticket = up.finish(claimed)
+    with pytest.raises(DigestInvalid) as info:
+        ticket.wait()
+    assert info.value.detail["claimed"] == claimed
+    assert info.value.detail["computed"] == sha256(DATA)
+    status = ing.status(up.id)
+    assert status.state == "failed"
+    assert status.error is not None
+    assert status.error["code"] == "DIGEST_INVALID"
+    assert driver.get_content(paths.upload_data_path(up.id)) == DATA
+    with pytest.raises(BlobUnknown):
+        ing.open(REPO, claimed)
+
+
+def test_retry_after_fixing_the_staged_bytes_commits(
+    ingq: tuple[Ingest, RecordingQueue], driver: StorageDriver
+) -> None:
+    ing, queue = ingq
+    intended = b"the bytes the client meant"
+    up = ing.start_upload(REPO)
+    up.write(b"the bytes that got garbled")
+    first = up.finish(sha256(intended))
+    with pytest.raises(DigestInvalid):
+        first.wait()
+    w = driver.writer(paths.upload_data_path(up.id))
+    w.write(intended)
+    w.commit()
+    w.close()
+    ticket = ing.retry(up.id)
+    assert ticket.task_id != first.task_id
+    assert len(queue.calls) == 2
+    result = ticket.wait()
+    assert (result["status"], result["digest"], result["size"]) == (
+        "committed",
+        sha256(intended),
+        len(intended),
+    )
+    assert ing.staging.state(up.id).attempt == 2
+    with ing.open(REPO, sha256(intended)) as blob:
+        assert blob.read() == intended
+    # Committed now: no further attempt can be made.
+    with pytest.raises(BlobUploadInvalid) as info:
+        ing.retry(up.id)
+    assert "committed" in info.value.message
+
+
+def test_retry_with_a_corrected_digest_commits(ingq: tuple[Ingest, RecordingQueue]) -> None:
+    ing, queue = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    with pytest.raises(DigestInvalid):
+        up.finish(sha256(b"typo")).wait()
+    ticket = ing.retry(up.id, sha512(DATA))
+    assert queue.calls[-1].digest == sha512(DATA)
+    result = ticket.wait()
+    assert (result["digest"], result["canonical_digest"]) == (sha512(DATA), sha256(DATA))
+
+
+def test_retry_with_a_malformed_digest_is_rejected_before_enqueuing(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, queue = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    with pytest.raises(DigestInvalid):
+        up.finish(sha256(b"typo")).wait()
+    with pytest.raises(DigestInvalid):
+        ing.retry(up.id, "sha256:nope")
+    assert len(queue.calls) == 1
+    assert ing.staging.state(up.id).state is UploadState.FAILED
+
+
+def test_retry_of_a_committed_upload_is_blob_upload_invalid(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, queue = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    up.finish(sha256(DATA)).wait()
+    with pytest.raises(BlobUploadInvalid):
+        ing.retry(up.id)
+    assert len(queue.calls) == 1
+
+
+def test_retry_of_an_open_or_finishing_upload_is_blob_upload_invalid(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, queue = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    with pytest.raises(BlobUploadInvalid) as info:
+        ing.retry(up.id)
+    assert info.value.detail["state"] == "open"
+    up.finish(sha256(DATA))
+    with pytest.raises(BlobUploadInvalid) as info:
+        ing.retry(up.id)
+    assert info.value.detail["state"] == "finishing"
+    assert len(queue.calls) == 1
+
+
+def test_retry_of_a_cancelled_upload_is_blob_upload_unknown(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, _ = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    with pytest.raises(DigestInvalid):
+        up.finish(sha256(b"typo")).wait()
+    ing.cancel(up.id)
+    with pytest.raises(BlobUploadUnknown):
+        ing.retry(up.id)
+
+
+def test_cancel_of_a_committed_upload_removes_the_record_but_keeps_the_blob(
+    ingq: tuple[Ingest, RecordingQueue], driver: StorageDriver
+) -> None:
+    ing, _ = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    up.finish(sha256(DATA)).wait()
+    ing.cancel(up.id)
+    assert list(driver.walk("/uploads")) == []
+    with pytest.raises(BlobUploadUnknown):
+        ing.status(up.id)
+    with ing.open(REPO, sha256(DATA)) as blob:
+        assert blob.read() == DATA
+
+
+# -- reading blobs ---------------------------------------------------------------------
+
+
+def test_open_of_a_blob_linked_only_in_another_repository_is_blob_unknown(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, _ = ingq
+    _commit(ing, DATA, sha256(DATA), OTHER_REPO)
+    with pytest.raises(BlobUnknown) as info:
+        ing.open(REPO, sha256(DATA))
+    assert info.value.detail == {"repository": REPO, "digest": sha256(DATA)}
+    with pytest.raises(BlobUnknown):
+        ing.stat(REPO, sha256(DATA))
+
+
+def test_open_of_an_unknown_digest_is_blob_unknown_and_of_a_bad_one_digest_invalid(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, _ = ingq
+    with pytest.raises(BlobUnknown):
+        ing.open(REPO, sha256(b"never uploaded"))
+    with pytest.raises(DigestInvalid):
+        ing.open(REPO, "sha256:../../etc/passwd")
+
+
+def test_open_of_a_linked_blob_whose_data_is_missing_is_blob_unknown(
+    ingq: tuple[Ingest, RecordingQueue], driver: StorageDriver
+) -> None:
+    ing, _ = ingq
+    _commit(ing, DATA, sha256(DATA))
+    driver.delete(paths.blob_dir(parse_digest(sha256(DATA))))
+    with pytest.raises(BlobUnknown):
+        ing.open(REPO, sha256(DATA))
+
+
+def test_blob_reader_supports_seek_read_tell_and_readinto(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, _ = ingq
+    data = bytes(range(200))
+    _commit(ing, data, sha256(data))
+    with ing.open(REPO, sha256(data)) as blob:
+        assert (blob.repository, blob.digest, blob.size) == (REPO, sha256(data), 200)
+        assert blob.created_at > 0
+        assert blob.readable()
+        assert blob.seekable()
+        assert blob.tell() == 0
+        assert blob.read(10) == data[:10]
+        assert blob.tell() == 10
+        assert blob.seek(100) == 100
+        assert blob.read(5) == data[100:105]
+        assert blob.seek(-10, io.SEEK_END) == 190
+        assert blob.read() == data[190:]
+        assert blob.read() == b""
+        assert blob.seek(5, io.SEEK_SET) == 5
+        assert blob.seek(5, io.SEEK_CUR) == 10
+        buf = bytearray(4)
+        assert blob.readinto(buf) == 4
+        assert bytes(buf) == data[10:14]
+    assert blob.closed
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+def test_status_of_an_open_upload(ingq: tuple[Ingest, RecordingQueue]) -> None:
+    ing, _ = ingq
+    up = ing.start_upload(REPO)
+    up.write(b"12345")
+    status = ing.status(up.id)
+    assert (status.upload_id, status.repository, status.started_at) == (up.id, REPO, up.started_at)
+    assert (status.state, status.offset, status.attempt) == ("open", 5, 0)
+    assert status.claimed_digest is None
+    assert status.task_id is None
+    assert status.task_state is None
+    assert status.result is None
+    assert status.error is None
+    assert status.last_activity >= status.started_at
+    assert set(status.to_dict()) == {
+        "upload_id",
+        "repository",
+        "started_at",
+        "last_activity",
+        "state",
+        "offset",
+        "claimed_digest",
+        "task_id",
+        "attempt",
+        "task_state",
+        "progress",
+        "result",
+        "error",
+    }
+
+
+def test_status_of_a_finishing_upload_asks_the_queue(ingq: tuple[Ingest, RecordingQueue]) -> None:
+    ing, _ = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    ticket = up.finish(sha256(DATA))
+    status = ing.status(up.id)
+    assert (status.state, status.task_id, status.task_state, status.claimed_digest) == (
+        "finishing",
+        ticket.task_id,
+        "PENDING",
+        sha256(DATA),
+    )
+    assert (status.offset, status.attempt) == (len(DATA), 1)
+
+
+def test_status_of_a_failed_upload_carries_the_error(ingq: tuple[Ingest, RecordingQueue]) -> None:
+    ing, _ = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    claimed = sha256(b"typo")
+    with pytest.raises(DigestInvalid):
+        up.finish(claimed).wait()
+    status = ing.status(up.id)
+    assert (status.state, status.offset, status.claimed_digest) == ("failed", len(DATA), claimed)
+    assert status.task_state is None
+    assert status.result is None
+    assert status.error is not None
+    assert status.error["code"] == "DIGEST_INVALID"
+    assert status.error["detail"]["computed"] == sha256(DATA)
+
+
+def test_status_of_a_committed_upload_carries_the_result(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, _ = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    result = up.finish(sha256(DATA)).wait()
+    status = ing.status(up.id)
+    assert (status.state, status.offset, status.result) == ("committed", len(DATA), result)
+    assert status.task_state is None
+    assert status.error is None
+
+
+def test_max_blob_size_is_enforced_again_at_finish(driver: StorageDriver) -> None:
+    small, queue = make_ingest(driver, Settings(max_blob_size=8))
+    big, _ = make_ingest(driver)
+    up = big.start_upload(REPO)
+    up.write(b"123456789")
+    up.close()
+    with pytest.raises(SizeInvalid):
+        small.resume(REPO, up.id).finish(sha256(b"123456789"))
+    assert queue.calls == []
