@@ -138,7 +138,9 @@ class Ingest:
             )
         return Upload(self, info)
 
-    def finish(self, repository: str, upload_id: str, digest: str, size: int | None = None) -> Ticket:
+    def finish(
+        self, repository: str, upload_id: str, digest: str, size: int | None = None
+    ) -> Ticket:
         """Finish an upload by id (as a frontend does per request): like
         ``Upload.finish``, and also allowed again after a failed verification."""
         self.staging.info(upload_id, repository)

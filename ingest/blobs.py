@@ -83,23 +83,6 @@ class BlobProvider(BlobStatter, Protocol):
 
 
 class BlobLinker(Protocol):
-    def unlink(self, repository: str, digest: Digest) -> None:
-        """Remove ``digest`` from ``repository`` (BlobUnknown if not linked). Unlinking
-        the canonical digest also removes the aliases that name it, so no alias is
-        left pointing at a blob the repository no longer has."""
-        canonical = self.resolve(repository, digest)
-        self.driver.delete(paths.layer_link_path(repository, digest).rsplit("/", 1)[0])
-        if digest != canonical:
-            return
-        for fi in list(self.driver.walk(paths.layers_dir(repository))):
-            if not fi.path.endswith("/link"):
-                continue
-            try:
-                if self.driver.get_content(fi.path).decode().strip() == str(canonical):
-                    self.driver.delete(fi.path.rsplit("/", 1)[0])
-            except PathNotFound:
-                continue
-
     def link(self, repository: str, digest: Digest, canonical: Digest) -> None:
         """Record atomically that ``digest`` in ``repository`` names blob ``canonical``."""
 
@@ -144,6 +127,23 @@ class BlobStore:
         except PathNotFound:
             raise BlobUnknown(detail={"repository": repository, "digest": info.digest}) from None
         return BlobReader(info, f)
+
+    def unlink(self, repository: str, digest: Digest) -> None:
+        """Remove ``digest`` from ``repository`` (BlobUnknown if not linked). Unlinking
+        the canonical digest also removes the aliases that name it, so no alias is
+        left pointing at a blob the repository no longer has."""
+        canonical = self.resolve(repository, digest)
+        self.driver.delete(paths.layer_link_path(repository, digest).rsplit("/", 1)[0])
+        if digest != canonical:
+            return
+        for fi in list(self.driver.walk(paths.layers_dir(repository))):
+            if not fi.path.endswith("/link"):
+                continue
+            try:
+                if self.driver.get_content(fi.path).decode().strip() == str(canonical):
+                    self.driver.delete(fi.path.rsplit("/", 1)[0])
+            except PathNotFound:
+                continue
 
     def link(self, repository: str, digest: Digest, canonical: Digest) -> None:
         # put_content is temp + fsync + rename: a link is whole or absent.

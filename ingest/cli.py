@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import IO, Any, ParamSpec, TypeVar
 
@@ -103,7 +102,9 @@ def put(obj: Context, file: IO[bytes], repository: str, digest: str | None, time
             h.update(view[:n])
     ticket = up.finish(digest or "sha256:" + h.hexdigest())
     result = ticket.wait(timeout=timeout)
-    obj.emit(result, f"committed {result['repository']}@{result['digest']} ({result['size']} bytes)")
+    obj.emit(
+        result, f"committed {result['repository']}@{result['digest']} ({result['size']} bytes)"
+    )
 
 
 @cli.command()
@@ -113,7 +114,9 @@ def put(obj: Context, file: IO[bytes], repository: str, digest: str | None, time
 def status(obj: Context, upload_id: str) -> None:
     """Show an upload's state, progress and outcome."""
     st = obj.ingest.status(upload_id).to_dict()
-    lines = [f"{k}: {json.dumps(v, sort_keys=True) if isinstance(v, dict) else v}" for k, v in st.items()]
+    lines = [
+        f"{k}: {json.dumps(v, sort_keys=True) if isinstance(v, dict) else v}" for k, v in st.items()
+    ]
     obj.emit(st, "\n".join(lines))
 
 
@@ -145,6 +148,32 @@ def cancel(obj: Context, upload_id: str) -> None:
 
 
 @cli.command()
+@click.argument("file", type=click.File("rb"))
+@click.option(
+    "--label",
+    default="tarsum.v1+sha256",
+    show_default=True,
+    help="TarSum version and hash: tarsum|tarsum.v1|tarsum.dev + sha256|sha512.",
+)
+@click.option("--extra", type=click.File("rb"), help="Extra payload (the v1 image JSON).")
+@pass_ctx
+@reports_errors
+def tarsum(obj: Context, file: IO[bytes], label: str, extra: IO[bytes] | None) -> None:
+    """Print the TarSum digest of a tar (or tar.gz) FILE; '-' reads stdin."""
+    from ingest.tarsum import tarsum_file
+
+    s = obj.settings
+    digest = tarsum_file(
+        file,
+        label,
+        extra.read() if extra else b"",
+        max_decompressed_bytes=s.tarsum_max_bytes,
+        max_ratio=s.tarsum_max_ratio,
+    )
+    obj.emit({"digest": digest}, digest)
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=int, default=5000, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Frontend processes.")
@@ -171,4 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

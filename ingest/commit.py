@@ -36,13 +36,21 @@ from typing import Any
 
 from ingest import paths
 from ingest.blobs import BlobStore
-from ingest.digests import CANONICAL_ALGORITHM, Digest, new_hasher, new_verifier, parse_digest
+from ingest.digests import (
+    CANONICAL_ALGORITHM,
+    Digest,
+    VerifierLimits,
+    new_hasher,
+    new_verifier,
+    parse_digest,
+)
 from ingest.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
     IngestError,
     SizeInvalid,
+    StorageUnavailable,
 )
 from ingest.storage.base import PathNotFound, StorageDriver
 from ingest.uploads import Staging, UploadRecord, UploadState
@@ -74,6 +82,7 @@ def compute_digests(
     total: int | None = None,
     progress: Progress | None = None,
     chunk_size: int = VERIFY_CHUNK,
+    limits: VerifierLimits | None = None,
 ) -> Computed:
     """One streaming pass over ``path`` computing sha256 and ``claimed``'s digest.
 
@@ -81,7 +90,7 @@ def compute_digests(
     """
     canonical = new_hasher(CANONICAL_ALGORITHM)
     same = claimed.algorithm == CANONICAL_ALGORITHM
-    other = None if same else new_verifier(claimed)
+    other = None if same else new_verifier(claimed, limits)
     buf = bytearray(chunk_size)
     view = memoryview(buf)
     size = 0
@@ -134,6 +143,7 @@ def commit_upload(
     progress: Progress | None = None,
     task_id: str | None = None,
     chunk_size: int = VERIFY_CHUNK,
+    limits: VerifierLimits | None = None,
 ) -> dict[str, Any]:
     """Verify upload ``upload_id`` against ``claimed_digest`` and commit it.
 
@@ -160,8 +170,8 @@ def commit_upload(
         )
     data_path = paths.upload_data_path(upload_id)
 
-    verified = record.verified if record.state is UploadState.VERIFIED else None
-    if verified is None or verified.get("claimed") != str(claimed):
+    verified = _recorded_verification(record, claimed)
+    if verified is None:
         try:
             computed = compute_digests(
                 driver,
@@ -170,18 +180,36 @@ def commit_upload(
                 total=record.size,
                 progress=progress,
                 chunk_size=chunk_size,
+                limits=limits,
             )
         except PathNotFound:
-            return _finished_elsewhere(staging, upload_id)
-        try:
-            _check(computed, claimed, expected_size, record)
-        except (DigestInvalid, SizeInvalid) as exc:
-            mark_failed(staging, upload_id, exc)
-            raise
-        verified = {"canonical": computed.canonical, "claimed": str(claimed), "size": computed.size}
-        if (done := staging.result(upload_id)) is not None:
-            return done  # a concurrent runner committed while we hashed
-        record = staging.transition(upload_id, record, UploadState.VERIFIED, verified=verified)
+            # The staged data is gone: cancelled (state() raises BlobUploadUnknown),
+            # committed by a concurrent runner, or verified and moved by one.
+            if (done := staging.result(upload_id)) is not None:
+                return done
+            record = staging.state(upload_id)
+            verified = _recorded_verification(record, claimed)
+            if verified is None:
+                # Transient by nature: the runner that took the data will record an
+                # outcome, and the retry then finds it.
+                raise StorageUnavailable(
+                    "staged data missing while the upload is still finishing",
+                    {"upload_id": upload_id},
+                ) from None
+        else:
+            try:
+                _check(computed, claimed, expected_size, record)
+            except (DigestInvalid, SizeInvalid, BlobUploadInvalid) as exc:
+                mark_failed(staging, upload_id, exc)
+                raise
+            verified = {
+                "canonical": computed.canonical,
+                "claimed": str(claimed),
+                "size": computed.size,
+            }
+            if (done := staging.result(upload_id)) is not None:
+                return done  # a concurrent runner committed while we hashed
+            record = staging.transition(upload_id, record, UploadState.VERIFIED, verified=verified)
 
     canonical = parse_digest(verified["canonical"])
     size = int(verified["size"])
@@ -210,6 +238,14 @@ def commit_upload(
     with contextlib.suppress(PathNotFound):  # already moved into the blob store
         driver.delete(data_path)
     return result
+
+
+def _recorded_verification(record: UploadRecord, claimed: Digest) -> dict[str, Any] | None:
+    """The verification a runner recorded for this claim, if any (trusted on rerun)."""
+    v = record.verified
+    if record.state is UploadState.VERIFIED and v is not None and v.get("claimed") == str(claimed):
+        return v
+    return None
 
 
 def _check(
@@ -263,10 +299,3 @@ def _place_blob(
             "staged data vanished before it was committed", {"upload_id": upload_id}
         ) from None
     return False
-
-
-def _finished_elsewhere(staging: Staging, upload_id: str) -> dict[str, Any]:
-    done = staging.result(upload_id)
-    if done is not None:
-        return done
-    raise BlobUploadUnknown("staged data is gone", {"upload_id": upload_id})

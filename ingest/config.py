@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from ingest.digests import VerifierLimits
+
 __all__ = ["ConfigError", "Settings", "parse_size"]
 
 _SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]?i?b?)?\s*", re.IGNORECASE)
@@ -33,6 +35,10 @@ _UNITS = {
 
 class ConfigError(ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def parse_size(text: str) -> int:
@@ -62,6 +68,8 @@ class Settings:
     visibility_timeout: int = 3600
     result_expires: int = 7 * 24 * 3600
     finish_wait: float = 300.0
+    tarsum_max_bytes: int = 64 << 30
+    tarsum_max_ratio: float = 1000.0
     max_manifest_size: int = 4 << 20
 
     def __post_init__(self) -> None:
@@ -72,15 +80,19 @@ class Settings:
             object.__setattr__(self, "result_backend", self.redis_url)
         for name in ("max_blob_size", "verify_chunk", "verify_min_rate", "max_manifest_size"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
+                raise ConfigError("must be positive", name)
         if self.task_max_retries < 0:
-            raise ConfigError("task_max_retries must not be negative")
+            raise ConfigError("must not be negative", "task_max_retries")
         if self.visibility_timeout <= self.max_time_limit():
             raise ConfigError(
-                "INGEST_VISIBILITY_TIMEOUT must exceed the longest verification time limit "
-                f"({self.max_time_limit()} s for INGEST_MAX_BLOB_SIZE), or Redis would "
-                "redeliver tasks that are still running"
+                "must exceed the longest verification time limit "
+                f"({self.max_time_limit()} s for the maximum blob size), or Redis would "
+                "redeliver tasks that are still running",
+                "visibility_timeout",
             )
+
+    def verifier_limits(self) -> VerifierLimits:
+        return VerifierLimits(self.tarsum_max_bytes, self.tarsum_max_ratio)
 
     def time_limit(self, size: int | None) -> int:
         """Hard time limit in seconds for verifying ``size`` bytes."""
@@ -104,7 +116,11 @@ class Settings:
             try:
                 if f.type in ("int", int):
                     is_size = f.name in (
-                        "max_blob_size", "verify_chunk", "verify_min_rate", "max_manifest_size",
+                        "max_blob_size",
+                        "verify_chunk",
+                        "verify_min_rate",
+                        "max_manifest_size",
+                        "tarsum_max_bytes",
                     )
                     values[f.name] = parse_size(raw) if is_size else int(raw)
                 elif f.type in ("float", float):
@@ -116,4 +132,5 @@ class Settings:
         try:
             return cls(**values)  # type: ignore[arg-type]
         except ConfigError as exc:
-            raise ConfigError(str(exc)) from None
+            var = prefix + exc.field.upper() if exc.field else "configuration"
+            raise ConfigError(f"{var}: {exc}", exc.field) from None

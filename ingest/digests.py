@@ -32,6 +32,7 @@ __all__ = [
     "CANONICAL_ALGORITHM",
     "Digest",
     "Hasher",
+    "VerifierLimits",
     "new_hasher",
     "new_verifier",
     "parse_digest",
@@ -125,13 +126,25 @@ class _HashlibHasher:
         return f"{self._algorithm}:{self._h.hexdigest()}"
 
 
+@dataclass(frozen=True, slots=True)
+class VerifierLimits:
+    """Bounds on work a verifier may do beyond reading the blob (gzip bombs)."""
+
+    tarsum_max_bytes: int | None = 64 << 30
+    tarsum_max_ratio: float | None = 1000.0
+
+
 class _TarSumHasher:
     __slots__ = ("_ts",)
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, limits: VerifierLimits) -> None:
         from ingest import tarsum  # local: keeps the engine off the import path of plain digests
 
-        self._ts = tarsum.TarSum(label)
+        self._ts = tarsum.TarSum(
+            label,
+            max_decompressed_bytes=limits.tarsum_max_bytes,
+            max_ratio=limits.tarsum_max_ratio,
+        )
 
     def update(self, data: bytes | bytearray | memoryview, /) -> None:
         self._ts.update(data)
@@ -140,13 +153,13 @@ class _TarSumHasher:
         return self._ts.finish()
 
 
-def new_verifier(digest: Digest) -> Hasher:
+def new_verifier(digest: Digest, limits: VerifierLimits | None = None) -> Hasher:
     """A fresh streaming hasher that computes a digest of ``digest``'s kind."""
     if digest.algorithm in _HEX_LENGTHS:
         return _HashlibHasher(digest.algorithm)
     if digest.is_tarsum:
         try:
-            return _TarSumHasher(digest.algorithm)
+            return _TarSumHasher(digest.algorithm, limits or VerifierLimits())
         except ImportError as exc:  # engine not installed in this build
             raise TarSumUnsupported(
                 "tarsum verification is not available",

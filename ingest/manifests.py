@@ -105,7 +105,9 @@ class ManifestStore:
 
     # -- write ---------------------------------------------------------------------
 
-    def put(self, repository: str, reference: str, body: bytes, content_type: str | None) -> Manifest:
+    def put(
+        self, repository: str, reference: str, body: bytes, content_type: str | None
+    ) -> Manifest:
         """Validate and store ``body`` under ``reference`` (a tag or its digest)."""
         validate_name(repository)
         if len(body) > self.max_size:
@@ -114,7 +116,9 @@ class ManifestStore:
         if is_digest_reference(reference):
             claimed = parse_digest(reference)
             if claimed.algorithm != "sha256":
-                computed = f"{claimed.algorithm}:" + hashlib.new(claimed.algorithm, body).hexdigest()
+                computed = (
+                    f"{claimed.algorithm}:" + hashlib.new(claimed.algorithm, body).hexdigest()
+                )
             else:
                 computed = str(digest)
             if computed != str(claimed):
@@ -138,8 +142,12 @@ class ManifestStore:
         self.driver.put_content(rev + "/link", str(digest).encode())
         if is_digest_reference(reference) and parse_digest(reference) != digest:
             alias = parse_digest(reference)
-            self.driver.put_content(_revision_dir(repository, alias) + "/mediatype", media_type.encode())
-            self.driver.put_content(_revision_dir(repository, alias) + "/link", str(digest).encode())
+            self.driver.put_content(
+                _revision_dir(repository, alias) + "/mediatype", media_type.encode()
+            )
+            self.driver.put_content(
+                _revision_dir(repository, alias) + "/link", str(digest).encode()
+            )
         subject = doc.get("subject")
         if isinstance(subject, dict) and isinstance(subject.get("digest"), str):
             sd = parse_digest(subject["digest"])
@@ -196,7 +204,9 @@ class ManifestStore:
         if media_type in IMAGE_TYPES:
             config = doc.get("config")
             if not isinstance(config, dict):
-                raise ManifestInvalid("image manifest needs a config descriptor", {"reason": "descriptor"})
+                raise ManifestInvalid(
+                    "image manifest needs a config descriptor", {"reason": "descriptor"}
+                )
             blobs = [config, *self._descriptors(doc, "layers")]
             for desc in blobs:
                 if desc.get("urls"):
@@ -232,7 +242,9 @@ class ManifestStore:
         try:
             return parse_digest(raw)
         except DigestInvalid as exc:
-            raise ManifestInvalid("descriptor digest invalid", {"reason": "descriptor", **exc.detail}) from None
+            raise ManifestInvalid(
+                "descriptor digest invalid", {"reason": "descriptor", **exc.detail}
+            ) from None
 
     def _has_revision(self, repository: str, digest: Digest) -> bool:
         try:
@@ -252,7 +264,9 @@ class ManifestStore:
             else:
                 raw = self.driver.get_content(_tag_link(repository, reference))
         except PathNotFound:
-            raise ManifestUnknown(detail={"repository": repository, "reference": reference}) from None
+            raise ManifestUnknown(
+                detail={"repository": repository, "reference": reference}
+            ) from None
         return parse_digest(raw.decode("ascii").strip())
 
     def get(self, repository: str, reference: str) -> Manifest:
@@ -261,7 +275,9 @@ class ManifestStore:
             media_type = self.driver.get_content(_revision_dir(repository, digest) + "/mediatype")
             body = self.driver.get_content(paths.blob_data_path(digest))
         except PathNotFound:
-            raise ManifestUnknown(detail={"repository": repository, "reference": reference}) from None
+            raise ManifestUnknown(
+                detail={"repository": repository, "reference": reference}
+            ) from None
         shown = reference if is_digest_reference(reference) else str(digest)
         return Manifest(shown, media_type.decode(), body)
 
@@ -282,7 +298,9 @@ class ManifestStore:
             return False
         return True
 
-    def referrers(self, repository: str, subject: str, artifact_type: str | None = None) -> dict[str, Any]:
+    def referrers(
+        self, repository: str, subject: str, artifact_type: str | None = None
+    ) -> dict[str, Any]:
         """An OCI image index listing the manifests whose ``subject`` is ``subject``."""
         sd = parse_digest(subject)
         descriptors: list[dict[str, Any]] = []
@@ -313,7 +331,9 @@ class ManifestStore:
             try:
                 self.driver.delete(f"{_manifests_dir(repository)}/tags/{validate_tag(reference)}")
             except PathNotFound:
-                raise ManifestUnknown(detail={"repository": repository, "reference": reference}) from None
+                raise ManifestUnknown(
+                    detail={"repository": repository, "reference": reference}
+                ) from None
             return
         digest = self.resolve(repository, reference)
         for tag in self.tags(repository):

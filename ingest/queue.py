@@ -254,7 +254,9 @@ class CeleryTaskQueue:
                 f"verification not finished after {timeout:g} s", {"task_id": task_id}
             ) from None
         except (OSError, RedisError) as exc:
-            raise StorageUnavailable("result backend unreachable", {"error": str(exc)[:300]}) from exc
+            raise StorageUnavailable(
+                "result backend unreachable", {"error": str(exc)[:300]}
+            ) from exc
         if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
             return dict(meta["result"])
         value: object = meta.get("result")

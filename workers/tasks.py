@@ -95,6 +95,7 @@ def verify_upload(
             progress=progress,
             task_id=self.request.id,
             chunk_size=settings.verify_chunk,
+            limits=settings.verifier_limits(),
         )
     except SoftTimeLimitExceeded:
         raise VerificationTimeout(detail={"upload_id": upload_id}) from None

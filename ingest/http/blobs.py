@@ -83,9 +83,7 @@ async def _stream_body(request: Request, up: Upload) -> int:
     if length is not None and length > 0:
         offset = await run_in_threadpool(lambda: up.offset)
         if offset + length > ing.settings.max_blob_size:
-            raise TooLarge(
-                "blob exceeds the maximum size", {"limit": ing.settings.max_blob_size}
-            )
+            raise TooLarge("blob exceeds the maximum size", {"limit": ing.settings.max_blob_size})
     buf = bytearray()
     total = 0
     try:
@@ -104,7 +102,8 @@ async def _stream_body(request: Request, up: Upload) -> int:
         await run_in_threadpool(up.close)
     if length is not None and total != length:
         raise SizeInvalid(
-            "request body shorter than Content-Length", {"content_length": length, "received": total}
+            "request body shorter than Content-Length",
+            {"content_length": length, "received": total},
         )
     return total
 
@@ -115,7 +114,9 @@ async def _wait_for_commit(request: Request, ticket: Ticket, name: str) -> Respo
     prefer = request.headers.get("prefer", "")
     if "respond-async" not in prefer.lower():
         try:
-            result = ticket._done or await ing.queue.wait_async(ticket.task_id, ing.settings.finish_wait)
+            result = ticket._done or await ing.queue.wait_async(
+                ticket.task_id, ing.settings.finish_wait
+            )
         except VerificationTimeout:
             result = None
         if result is not None:
@@ -231,7 +232,9 @@ async def put_upload(request: Request) -> Response:
     claimed = _claimed_digest(request)
     await run_in_threadpool(ing.staging.info, upload_id, name)
     length = _content_length(request)
-    has_body = (length or 0) > 0 or "chunked" in request.headers.get("transfer-encoding", "").lower()
+    has_body = (length or 0) > 0 or "chunked" in request.headers.get(
+        "transfer-encoding", ""
+    ).lower()
     if has_body:
         up = await run_in_threadpool(_open_upload, ing, name, upload_id)
         crange = request.headers.get("content-range")

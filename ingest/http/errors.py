@@ -21,7 +21,9 @@ def envelope(code: str, message: str, detail: Any = None) -> dict[str, Any]:
     return {"errors": [{"code": code, "message": message, "detail": detail or {}}]}
 
 
-def _response(request: Request, status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
+def _response(
+    request: Request, status: int, body: dict[str, Any], headers: dict[str, str]
+) -> Response:
     if request.method == "HEAD":
         # HEAD carries the status and headers only.
         return Response(status_code=status, headers=headers)
@@ -44,7 +46,9 @@ async def ingest_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "UNSUPPORTED" if exc.status_code < 500 else "UNKNOWN")
-    return _response(request, exc.status_code, envelope(code, str(exc.detail)), dict(exc.headers or {}))
+    return _response(
+        request, exc.status_code, envelope(code, str(exc.detail)), dict(exc.headers or {})
+    )
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

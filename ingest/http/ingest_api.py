@@ -1,7 +1,8 @@
 """The ingest-specific JSON API for frontends and operators, next to ``/v2/``.
 
 * ``GET  /ingest/v1/uploads/{id}``        state, offset, live progress, result or error
-* ``POST /ingest/v1/uploads/{id}/retry``  re-verify a failed upload (body: ``{"digest": …}`` optional)
+* ``POST /ingest/v1/uploads/{id}/retry``  re-verify a failed upload; optional body
+  ``{"digest": …}`` to verify against a corrected digest
 * ``GET  /ingest/v1/openapi.json``        this API and the /v2 surface as OpenAPI 3.1
 """
 
@@ -52,7 +53,10 @@ async def retry_upload(request: Request) -> Response:
 
 
 def _error_response(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}},
+    }
 
 
 OPENAPI: dict[str, Any] = {
@@ -62,11 +66,23 @@ OPENAPI: dict[str, Any] = {
         "/ingest/v1/uploads/{upload_id}": {
             "get": {
                 "summary": "Upload state, live verification progress, and outcome",
-                "parameters": [{"name": "upload_id", "in": "path", "required": True,
-                                "schema": {"type": "string", "format": "uuid"}}],
+                "parameters": [
+                    {
+                        "name": "upload_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid"},
+                    }
+                ],
                 "responses": {
-                    "200": {"description": "status", "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/UploadStatus"}}}},
+                    "200": {
+                        "description": "status",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/UploadStatus"}
+                            }
+                        },
+                    },
                     "404": _error_response("BLOB_UPLOAD_UNKNOWN"),
                 },
             }
@@ -74,38 +90,93 @@ OPENAPI: dict[str, Any] = {
         "/ingest/v1/uploads/{upload_id}/retry": {
             "post": {
                 "summary": "Re-enqueue a failed verification as a new attempt",
-                "parameters": [{"name": "upload_id", "in": "path", "required": True,
-                                "schema": {"type": "string", "format": "uuid"}}],
-                "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {"digest": {"type": "string"}}}}}},
+                "parameters": [
+                    {
+                        "name": "upload_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid"},
+                    }
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"digest": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
                 "responses": {
-                    "202": {"description": "queued", "content": {"application/json": {"schema": {
-                        "type": "object", "properties": {
-                            "upload_id": {"type": "string"}, "task_id": {"type": "string"},
-                            "state": {"type": "string"}}}}}},
+                    "202": {
+                        "description": "queued",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "upload_id": {"type": "string"},
+                                        "task_id": {"type": "string"},
+                                        "state": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
                     "400": _error_response("BLOB_UPLOAD_INVALID: committed or not failed"),
                     "404": _error_response("BLOB_UPLOAD_UNKNOWN"),
                 },
             }
         },
-        "/v2/": {"get": {"summary": "API version check", "responses": {"200": {"description": "ok"}}}},
+        "/v2/": {
+            "get": {"summary": "API version check", "responses": {"200": {"description": "ok"}}}
+        },
     },
     "components": {
         "schemas": {
-            "Errors": {"type": "object", "properties": {"errors": {"type": "array", "items": {
-                "type": "object", "required": ["code", "message"], "properties": {
-                    "code": {"type": "string"}, "message": {"type": "string"},
-                    "detail": {"type": "object"}}}}}},
-            "UploadStatus": {"type": "object", "properties": {
-                "upload_id": {"type": "string"}, "repository": {"type": "string"},
-                "started_at": {"type": "number"}, "last_activity": {"type": "number"},
-                "state": {"type": "string", "enum": ["open", "finishing", "verified", "failed", "committed"]},
-                "offset": {"type": "integer"}, "claimed_digest": {"type": ["string", "null"]},
-                "task_id": {"type": ["string", "null"]}, "attempt": {"type": "integer"},
-                "task_state": {"type": ["string", "null"]},
-                "progress": {"type": ["object", "null"], "properties": {
-                    "done": {"type": "integer"}, "total": {"type": "integer"}}},
-                "result": {"type": ["object", "null"]}, "error": {"type": ["object", "null"]}}},
+            "Errors": {
+                "type": "object",
+                "properties": {
+                    "errors": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                                "detail": {"type": "object"},
+                            },
+                        },
+                    }
+                },
+            },
+            "UploadStatus": {
+                "type": "object",
+                "properties": {
+                    "upload_id": {"type": "string"},
+                    "repository": {"type": "string"},
+                    "started_at": {"type": "number"},
+                    "last_activity": {"type": "number"},
+                    "state": {
+                        "type": "string",
+                        "enum": ["open", "finishing", "verified", "failed", "committed"],
+                    },
+                    "offset": {"type": "integer"},
+                    "claimed_digest": {"type": ["string", "null"]},
+                    "task_id": {"type": ["string", "null"]},
+                    "attempt": {"type": "integer"},
+                    "task_state": {"type": ["string", "null"]},
+                    "progress": {
+                        "type": ["object", "null"],
+                        "properties": {"done": {"type": "integer"}, "total": {"type": "integer"}},
+                    },
+                    "result": {"type": ["object", "null"]},
+                    "error": {"type": ["object", "null"]},
+                },
+            },
         }
     },
 }

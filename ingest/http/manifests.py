@@ -90,9 +90,7 @@ async def list_tags(request: Request) -> Response:
         if len(tags) > n:
             tags = tags[:n]
             if tags:
-                headers["Link"] = (
-                    f'</v2/{name}/tags/list?n={n}&last={quote(tags[-1])}>; rel="next"'
-                )
+                headers["Link"] = f'</v2/{name}/tags/list?n={n}&last={quote(tags[-1])}>; rel="next"'
     return JSONResponse({"name": name, "tags": tags}, headers=headers)
 
 

@@ -134,7 +134,8 @@ class FilesystemDriver:
         full = self._full(path)
         with _mapped(path):
             self._makedirs(full.parent)
-            tmp = full.with_name(f".{full.name}{TMP_MARKER}{secrets.token_hex(6)}")
+            # Fixed-length name: a target name near NAME_MAX must still fit.
+            tmp = full.with_name(f"{TMP_MARKER}{secrets.token_hex(8)}")
             try:
                 with open(tmp, "wb", buffering=0) as f:
                     view = memoryview(content)

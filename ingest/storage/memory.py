@@ -142,6 +142,8 @@ class MemoryDriver:
                 self._mtimes.pop(k, None)
 
     def walk(self, path: str) -> Iterator[FileInfo]:
+        if path != "/":
+            check_path(path)
         with self._lock:
             prefix = "/" if path == "/" else path + "/"
             items = sorted(

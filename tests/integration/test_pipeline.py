@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +203,56 @@ def test_killing_the_worker_child_mid_verification_redelivers_and_commits_once(
     assert not (stack.storage / "uploads" / up.id / "data").exists()
     with ing.open("it/crash", result["digest"]) as blob:
         assert blob.size == size
+
+
+VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "tarsum"
+LAYER_46AF = "testdata/46af0962ab5afeb5ce6740d4d91652e69206fc991fd5328c1a94d364ad00e457/layer.tar"
+TARSUM_46AF = "tarsum.v1+sha256:41cd5c911333ee394776e432fc5a27cc82dfea313e5feff965e31c0fddd9213d"
+
+
+def _layer() -> bytes:
+    path = VECTORS / LAYER_46AF
+    if not path.exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"tarsum vectors missing at {VECTORS}")
+        pytest.skip(f"tarsum vectors missing at {VECTORS}")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["tar", "tar.gz"])
+def test_tarsum_claim_commits_under_sha256_with_a_tarsum_alias(
+    shared_stack: Stack, compress: bool
+) -> None:
+    ing = shared_stack.ingest
+    data = _layer()
+    if compress:
+        data = gzip.compress(data, mtime=0)
+    repo = f"it/tarsum-{'gz' if compress else 'tar'}"
+    up = ing.start_upload(repo)
+    up.write(data)
+    result = up.finish(TARSUM_46AF).wait(timeout=30)
+    assert result["digest"] == TARSUM_46AF
+    assert result["canonical_digest"] == sha256(data)
+    with ing.open(repo, TARSUM_46AF) as by_tarsum, ing.open(repo, sha256(data)) as by_sha:
+        assert by_tarsum.read() == by_sha.read() == data
+
+
+def test_tarsum_mismatch_is_digest_invalid_with_both_tarsums(shared_stack: Stack) -> None:
+    ing = shared_stack.ingest
+    up = ing.start_upload("it/tarsum-bad")
+    up.write(_layer())
+    wrong = "tarsum.v1+sha256:" + "0" * 64
+    with pytest.raises(DigestInvalid) as err:
+        up.finish(wrong).wait(timeout=30)
+    assert err.value.detail["claimed"] == wrong
+    assert err.value.detail["computed"] == TARSUM_46AF
+    assert ing.status(up.id).state == "failed"
+
+
+def test_a_malformed_tar_claimed_as_tarsum_is_a_clean_digest_invalid(shared_stack: Stack) -> None:
+    ing = shared_stack.ingest
+    up = ing.start_upload("it/tarsum-broken")
+    up.write(_layer()[:700])  # cut inside the first entry
+    with pytest.raises(DigestInvalid) as err:
+        up.finish("tarsum.v1+sha256:" + "1" * 64).wait(timeout=30)
+    assert err.value.detail["reason"] == "tar-error"

@@ -306,14 +306,6 @@ class _RunnerFinishesDuringOpen(MemoryDriver):
         return super().reader(path, offset)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a second runner of the same task that read state 'finishing' just before a "
-    "concurrent runner recorded 'verified' and moved the data hits PathNotFound in "
-    "compute_digests; _finished_elsewhere finds no result.json yet and raises the "
-    "permanent BlobUploadUnknown, although the commit is about to succeed "
-    "(ingest/commit.py, commit_upload: `except PathNotFound: return _finished_elsewhere`)",
-)
 def test_a_runner_racing_a_concurrent_commit_of_the_same_task_still_commits() -> None:
     driver = _RunnerFinishesDuringOpen()
     ing, _ = make_ingest(driver)
@@ -347,13 +339,6 @@ def test_bytes_landing_after_finish_are_never_committed(driver: StorageDriver) -
     assert _blob_files(driver) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the 'modified' verification failure (BlobUploadInvalid) is not passed to "
-    "mark_failed, so the upload stays 'finishing' forever: retry() refuses it (not failed), "
-    "finish() returns the dead task id again (ingest/commit.py, commit_upload: "
-    "`except (DigestInvalid, SizeInvalid)` around _check)",
-)
 def test_an_upload_modified_after_finish_is_recorded_as_failed_and_can_be_retried(
     driver: StorageDriver,
 ) -> None:

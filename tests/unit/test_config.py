@@ -132,13 +132,6 @@ def test_an_out_of_range_value_is_a_config_error(var: str, value: str) -> None:
         Settings.from_env({var: value})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: range checks in Settings.__post_init__ name the field ('max_blob_size must "
-    "be positive'), not the variable, and from_env re-raises the message unchanged, "
-    "against its docstring 'raise ConfigError naming a bad variable' "
-    "(ingest/config.py, __post_init__ / from_env)",
-)
 @pytest.mark.parametrize(
     ("var", "value"),
     [("INGEST_MAX_BLOB_SIZE", "0"), ("INGEST_TASK_MAX_RETRIES", "-1")],

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ingest import paths
+from ingest.commit import commit_upload
 from ingest.errors import DigestInvalid, StorageUnavailable
 from ingest.storage.filesystem import FilesystemDriver
 from ingest.uploads import Staging, UploadRecord, UploadState
@@ -76,7 +77,7 @@ def test_transient_storage_faults_are_retried_then_the_upload_commits(
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     uid = staged(storage, data, digest)
     calls = {"n": 0}
-    real = tasks.commit_upload
+    real = commit_upload
 
     def flaky(*args: Any, **kwargs: Any) -> dict[str, Any]:
         calls["n"] += 1
@@ -87,6 +88,7 @@ def test_transient_storage_faults_are_retried_then_the_upload_commits(
     monkeypatch.setattr(tasks, "commit_upload", flaky)
     res = tasks.verify_upload.apply(args=(uid, digest, None))
     assert res.state == "SUCCESS"
+    assert isinstance(res.result, dict)
     assert res.result["status"] == "committed"
     assert calls["n"] == 3
 

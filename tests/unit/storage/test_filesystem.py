@@ -25,13 +25,6 @@ class TestFilesystemDriver(StorageDriverContract):
     def driver(self, tmp_path: Path) -> StorageDriver:
         return FilesystemDriver(tmp_path / "root")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: put_content names its temp file '.<name>.tmp-<12 hex>', 18 characters "
-        "longer than the target, so a valid 238..255-character final component fails with "
-        "ENAMETOOLONG, mapped to the *retryable* StorageUnavailable, although writer() "
-        "stores the same path fine (ingest/storage/filesystem.py, put_content)",
-    )
     def test_put_at_a_long_but_valid_name_round_trips(self, driver: StorageDriver) -> None:
         super().test_put_at_a_long_but_valid_name_round_trips(driver)
 

@@ -14,10 +14,5 @@ class TestMemoryDriver(StorageDriverContract):
     def driver(self) -> StorageDriver:
         return MemoryDriver()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: MemoryDriver.walk never calls check_path, so an invalid path yields "
-        "nothing instead of raising InvalidPath (ingest/storage/memory.py, walk)",
-    )
     def test_walk_rejects_an_invalid_path(self, driver: StorageDriver) -> None:
         super().test_walk_rejects_an_invalid_path(driver)
