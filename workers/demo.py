@@ -1,9 +1,11 @@
 """The main job, end to end on one machine: ``python -m workers.demo``.
 
-Starts a private Redis (unless ``REDIS_URL`` is set) and a real Celery worker,
-then ingests a sample blob through the Python API -- chunked writes, finish,
-verification on the worker, commit -- and prints the committed result. It also
-shows a rejected claim (DIGEST_INVALID, kept for retry) and its retry.
+Starts a private Redis (unless ``REDIS_URL`` is set), a real Celery worker and
+the HTTP frontend, then ingests a sample blob through the Python API -- chunked
+writes, finish, verification on the worker, commit -- and prints the committed
+result. It also shows a rejected claim (DIGEST_INVALID, kept for retry) and its
+retry, pushes a blob over the OCI API, and then keeps serving the registry at
+the printed URL until interrupted (``--exit`` stops after the demo).
 """
 
 from __future__ import annotations
@@ -11,17 +13,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import http.client
 import json
 import os
+import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from ingest.api import Ingest
 from ingest.config import Settings
 from ingest.errors import IngestError
-from workers.devstack import Worker
-from workers.localredis import LocalRedis
+from workers.devstack import Frontend, Worker
+from workers.localredis import LocalRedis, free_port
 
 
 def _sample(size: int) -> bytes:
@@ -39,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", help="storage root (default: a fresh temporary directory)")
     parser.add_argument("--size", type=int, default=8 << 20, help="sample blob size in bytes")
     parser.add_argument("--repository", default="demo/sample")
+    parser.add_argument("--port", type=int, default=0, help="frontend port (default: 5000 or free)")
+    parser.add_argument(
+        "--exit", action="store_true", help="stop after the demo instead of serving"
+    )
     args = parser.parse_args(argv)
 
     storage = args.storage or tempfile.mkdtemp(prefix="ingest-demo-")
@@ -49,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"redis:   {redis_url}")
         print(f"storage: {storage}")
         env = {"REDIS_URL": redis_url, "INGEST_STORAGE_ROOT": storage}
-        worker = stack.enter_context(
-            Worker(env, Path(storage).parent / f"{Path(storage).name}.worker.log")
-        )
+        logs = Path(storage).parent / f"{Path(storage).name}.logs"
+        worker = stack.enter_context(Worker(env, logs / "worker.log"))
         print(f"worker:  pid {worker.pid} ({worker.name})")
+        port = args.port or (5000 if _port_free(5000) else free_port())
+        frontend = stack.enter_context(Frontend(env, logs / "frontend.log", port=port))
+        print(f"registry: {frontend.url} (logs in {logs})")
 
         ing = Ingest.from_settings(Settings.from_env({**os.environ, **env}))
         data = _sample(args.size)
@@ -80,7 +91,57 @@ def main(argv: list[str] | None = None) -> int:
         right = "sha256:" + hashlib.sha256(b"not what was claimed").hexdigest()
         retried = ing.retry(bad.id, right).wait(timeout=60)
         print(f"retried with the right digest: {retried['status']} {retried['digest']}")
+
+        pushed = _push_over_http(frontend.url, "demo/http", data[: 1 << 20])
+        print(f"pushed over the OCI API: {pushed}")
+        if args.exit:
+            return 0
+        host = frontend.url.removeprefix("http://")
+        print(
+            f"\nServing {frontend.url} -- Ctrl-C to stop. Try:\n"
+            f"  curl -s {frontend.url}/v2/demo/http/blobs/{pushed.split()[-1]} | sha256sum\n"
+            f"  skopeo copy --dest-tls-verify=false oci:DIR:TAG docker://{host}/REPO:TAG\n"
+            f"  curl -s {frontend.url}/ingest/v1/uploads/{up.id}"
+        )
+        try:
+            while frontend.process is not None and frontend.process.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            print("stopping")
     return 0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _push_over_http(base: str, repository: str, data: bytes) -> str:
+    """POST + PATCH + PUT ?digest= with the standard library, as any OCI client would."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request("POST", f"/v2/{repository}/blobs/uploads/")
+        r = conn.getresponse()
+        r.read()
+        location = r.getheader("Location") or ""
+        conn.request(
+            "PATCH", location, body=data, headers={"Content-Type": "application/octet-stream"}
+        )
+        r = conn.getresponse()
+        r.read()
+        location = r.getheader("Location") or location
+        conn.request("PUT", f"{location}?digest={digest}")
+        r = conn.getresponse()
+        r.read()
+        return f"{r.status} {r.reason} {r.getheader('Docker-Content-Digest')}"
+    finally:
+        conn.close()
 
 
 if __name__ == "__main__":

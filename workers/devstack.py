@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Worker"]
+__all__ = ["Frontend", "Worker"]
 
 
 class Worker:
@@ -132,6 +132,93 @@ class Worker:
         p.wait()
 
     def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class Frontend:
+    """An ``ingest serve`` subprocess (uvicorn) on a loopback port."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        logfile: str | os.PathLike[str],
+        *,
+        port: int,
+        processes: int = 1,
+    ) -> None:
+        self.env = {**os.environ, **env}
+        self.logfile = Path(logfile)
+        self.port = port
+        self.processes = processes
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> Frontend:
+        import socket
+
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        args = [
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.processes),
+            "--log-level",
+            "warning",
+        ]
+        with open(self.logfile, "ab") as out:
+            self.process = subprocess.Popen(
+                args,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"frontend exited with {self.process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if s.recv(64).startswith(b"HTTP/1.1 200"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"frontend not ready on port {self.port}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        p = self.process
+        if p is None:
+            return
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.process = None
+
+    def __enter__(self) -> Frontend:
         return self.start()
 
     def __exit__(

@@ -16,8 +16,8 @@ import redis
 
 from ingest.api import Ingest
 from ingest.config import Settings
-from workers.devstack import Worker
-from workers.localredis import LocalRedis, RedisNotFound
+from workers.devstack import Frontend, Worker
+from workers.localredis import LocalRedis, RedisNotFound, free_port
 
 
 def _unavailable(reason: str) -> None:
@@ -67,16 +67,24 @@ class Stack:
         self.settings = Settings.from_env(self.env)
         self.ingest = Ingest.from_settings(self.settings)
         self.workers: list[Worker] = []
+        self.frontends: list[Frontend] = []
 
     def worker(self, **kwargs: object) -> Worker:
         w = Worker(self.env, self.root / f"worker-{len(self.workers)}.log", **kwargs)  # type: ignore[arg-type]
         self.workers.append(w)
         return w.start()
 
+    def frontend(self, processes: int = 1) -> Frontend:
+        f = Frontend(self.env, self.root / "frontend.log", port=free_port(), processes=processes)
+        self.frontends.append(f)
+        return f.start()
+
     def new_client(self) -> Ingest:
         return Ingest.from_settings(self.settings)
 
     def close(self) -> None:
+        for f in self.frontends:
+            f.stop()
         for w in self.workers:
             w.stop()
 

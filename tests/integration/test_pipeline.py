@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from ingest.digests import parse_digest
 from ingest.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid
 from ingest.queue import TASK_VERIFY
 from tests.integration.conftest import Stack
+from workers.localredis import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -256,3 +259,31 @@ def test_a_malformed_tar_claimed_as_tarsum_is_a_clean_digest_invalid(shared_stac
     with pytest.raises(DigestInvalid) as err:
         up.finish("tarsum.v1+sha256:" + "1" * 64).wait(timeout=30)
     assert err.value.detail["reason"] == "tar-error"
+
+
+def test_the_main_job_ingests_rejects_retries_and_serves(redis_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/15"}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workers.demo",
+            "--exit",
+            "--size",
+            str(3 << 20),
+            "--storage",
+            str(tmp_path / "storage"),
+            "--port",
+            str(free_port()),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert '"status": "committed"' in run.stdout
+    assert "rejected: DIGEST_INVALID" in run.stdout
+    assert "retried with the right digest: committed" in run.stdout
+    assert "pushed over the OCI API: 201 Created sha256:" in run.stdout
