@@ -12,12 +12,13 @@ import functools
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import IO, Any, ParamSpec, TypeVar
 
 import click
 
-from ingest.config import ConfigError, Settings
+from ingest.config import ConfigError, Settings, parse_duration
 from ingest.errors import EXIT_USAGE, IngestError
 
 P = ParamSpec("P")
@@ -145,6 +146,96 @@ def cancel(obj: Context, upload_id: str) -> None:
     """Discard an upload and its staged bytes."""
     obj.ingest.cancel(upload_id)
     obj.emit({"upload_id": upload_id, "cancelled": True}, f"cancelled {upload_id}")
+
+
+class Duration(click.ParamType[float]):
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float | int):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@cli.command()
+@click.option("--older-than", type=Duration(), help="Idle time before removal [INGEST_PURGE_AGE].")
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@pass_ctx
+@reports_errors
+def purge(obj: Context, older_than: float | None, dry_run: bool) -> None:
+    """Remove abandoned uploads (idle longer than --older-than); never finishing ones."""
+    from ingest.locks import exclusive
+    from ingest.maintenance import purge_uploads
+
+    age = obj.settings.purge_age if older_than is None else older_than
+    with exclusive(obj.settings.redis_url, "purge", ttl=max(600.0, obj.settings.purge_interval)):
+        summary = purge_uploads(obj.ingest.driver, older_than=age, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    lines = [
+        f"{verb} {len(summary.removed)} upload(s), {summary.bytes_freed} bytes "
+        f"(scanned {summary.scanned}, busy {summary.skipped_busy}, recent {summary.kept_recent})"
+    ]
+    lines += [f"  {r['upload_id']} {r['state']} {r['bytes']} bytes" for r in summary.removed]
+    obj.emit(summary.to_dict(), "\n".join(lines))
+
+
+@cli.command()
+@click.option(
+    "--grace", type=Duration(), help="Minimum age of a stuck verification [INGEST_RECONCILE_GRACE]."
+)
+@click.option("--dry-run", is_flag=True, help="Only report what would be re-enqueued.")
+@pass_ctx
+@reports_errors
+def reconcile(obj: Context, grace: float | None, dry_run: bool) -> None:
+    """Re-enqueue verifications whose task was lost (after a Redis loss)."""
+    from ingest.maintenance import reconcile as run
+
+    ing = obj.ingest
+    summary = run(
+        ing.driver,
+        ing.queue,
+        obj.settings,
+        grace=obj.settings.reconcile_grace if grace is None else grace,
+        dry_run=dry_run,
+    )
+    verb = "would re-enqueue" if dry_run else "re-enqueued"
+    lines = [
+        f"{verb} {len(summary.requeued)} verification(s) (scanned {summary.scanned}, "
+        f"in flight {summary.in_flight}, failures recorded {summary.recorded_failures})"
+    ]
+    lines += [f"  {r['upload_id']} task {r['task_id']}" for r in summary.requeued]
+    obj.emit(summary.to_dict(), "\n".join(lines))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--concurrency", "-c", type=int, default=None, help="Pool processes (default: CPUs).")
+@click.option("--beat", is_flag=True, help="Also run the beat scheduler (reconcile, purge).")
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
+    """Run a verification worker (celery worker with the right app and queues)."""
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-Q",
+        "verify,maintenance",
+        "--loglevel",
+        "INFO",
+    ]
+    if concurrency:
+        args += ["-c", str(concurrency)]
+    if beat:
+        args += ["-B"]
+    args += ctx.args
+    os.execv(sys.executable, args)  # noqa: S606 - replace this process: signals go to celery
 
 
 @cli.command()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 
 from ingest.digests import VerifierLimits
 
-__all__ = ["ConfigError", "Settings", "parse_size"]
+__all__ = ["ConfigError", "Settings", "parse_duration", "parse_size"]
 
 _SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]?i?b?)?\s*", re.IGNORECASE)
 _UNITS = {
@@ -39,6 +39,18 @@ class ConfigError(ValueError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"24h"`` → 86400.0; plain numbers are seconds."""
+    m = _DURATION_RE.fullmatch(text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
 
 
 def parse_size(text: str) -> int:
@@ -65,11 +77,15 @@ class Settings:
     task_max_retries: int = 5
     verify_min_rate: int = 20 << 20
     verify_base_time: int = 60
-    visibility_timeout: int = 3600
+    visibility_timeout: int = 0  # 0: the longest verification time limit + 60 s
     result_expires: int = 7 * 24 * 3600
     finish_wait: float = 300.0
     tarsum_max_bytes: int = 64 << 30
     tarsum_max_ratio: float = 1000.0
+    purge_age: float = 24 * 3600.0
+    purge_interval: float = 3600.0
+    reconcile_grace: float = 600.0
+    reconcile_interval: float = 60.0
     max_manifest_size: int = 4 << 20
 
     def __post_init__(self) -> None:
@@ -78,6 +94,9 @@ class Settings:
             object.__setattr__(self, "broker_url", self.redis_url)
         if not self.result_backend:
             object.__setattr__(self, "result_backend", self.redis_url)
+        if self.visibility_timeout == 0:
+            # As short as is safe: recovery from a dead worker waits this long.
+            object.__setattr__(self, "visibility_timeout", self.max_time_limit() + 60)
         for name in ("max_blob_size", "verify_chunk", "verify_min_rate", "max_manifest_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError("must be positive", name)
@@ -124,7 +143,7 @@ class Settings:
                     )
                     values[f.name] = parse_size(raw) if is_size else int(raw)
                 elif f.type in ("float", float):
-                    values[f.name] = float(raw)
+                    values[f.name] = parse_duration(raw)
                 else:
                     values[f.name] = raw
             except ValueError as exc:

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from celery import Celery
 
 __all__ = [
+    "QUEUE_MAINTENANCE",
     "QUEUE_VERIFY",
+    "TASK_PURGE",
+    "TASK_RECONCILE",
     "TASK_VERIFY",
     "CeleryTaskQueue",
     "TaskInfo",
@@ -29,7 +32,11 @@ __all__ = [
 ]
 
 TASK_VERIFY = "ingest.verify_upload"
+TASK_RECONCILE = "ingest.reconcile"
+TASK_PURGE = "ingest.purge_uploads"
 QUEUE_VERIFY = "verify"
+#: Housekeeping runs on its own queue so it never waits behind large verifications.
+QUEUE_MAINTENANCE = "maintenance"
 #: Custom task state reported while a verification streams the staged bytes.
 STATE_PROGRESS = "PROGRESS"
 
@@ -76,8 +83,18 @@ def client_config(broker_url: str, result_backend: str, visibility_timeout: int)
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "task_default_queue": QUEUE_VERIFY,
-        "task_routes": {TASK_VERIFY: {"queue": QUEUE_VERIFY}},
-        "broker_transport_options": {"visibility_timeout": visibility_timeout},
+        "task_routes": {
+            TASK_VERIFY: {"queue": QUEUE_VERIFY},
+            TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
+            TASK_PURGE: {"queue": QUEUE_MAINTENANCE},
+        },
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            # Look for messages of dead workers every 10 s (kombu's default scans
+            # every 100 s), so recovery takes visibility_timeout + 10 s at most.
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+        },
         "result_backend_transport_options": {"visibility_timeout": visibility_timeout},
         "broker_connection_retry_on_startup": True,
         "task_send_sent_event": True,

@@ -11,7 +11,7 @@ import os
 from celery import Celery
 
 from ingest.config import Settings
-from ingest.queue import client_config
+from ingest.queue import TASK_PURGE, TASK_RECONCILE, client_config
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -36,6 +36,14 @@ def create_celery(settings: Settings) -> Celery:
     # Hard ceiling for any task; verify tasks get a per-call limit scaled to their size.
     app.conf.task_time_limit = settings.max_time_limit()
     app.conf.ingest_settings = settings
+    # Celery beat: housekeeping that keeps the pipeline honest after crashes.
+    app.conf.beat_schedule = {
+        "reconcile-stuck-verifications": {
+            "task": TASK_RECONCILE,
+            "schedule": settings.reconcile_interval,
+        },
+        "purge-abandoned-uploads": {"task": TASK_PURGE, "schedule": settings.purge_interval},
+    }
     return app
 
 

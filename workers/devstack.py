@@ -52,7 +52,7 @@ class Worker:
             "workers.app",
             "worker",
             "-Q",
-            "verify",
+            "verify,maintenance",
             "-n",
             self.name,
             "-c",

@@ -24,7 +24,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from ingest.commit import commit_upload, mark_failed
 from ingest.config import Settings
 from ingest.errors import ClientError, IngestError, StorageUnavailable, Unknown, VerificationTimeout
-from ingest.queue import STATE_PROGRESS, TASK_VERIFY
+from ingest.locks import exclusive
+from ingest.maintenance import purge_uploads, reconcile
+from ingest.queue import STATE_PROGRESS, TASK_PURGE, TASK_RECONCILE, TASK_VERIFY, CeleryTaskQueue
 from ingest.storage.filesystem import FilesystemDriver
 from ingest.uploads import Staging
 from workers.app import app
@@ -99,3 +101,31 @@ def verify_upload(
         )
     except SoftTimeLimitExceeded:
         raise VerificationTimeout(detail={"upload_id": upload_id}) from None
+
+
+@app.task(name=TASK_RECONCILE, acks_late=True)
+def reconcile_uploads(grace: float | None = None) -> dict[str, Any]:
+    """Re-enqueue verifications whose task was lost (e.g. with Redis)."""
+    settings = _settings()
+    summary = reconcile(
+        _driver(settings.storage_root),
+        CeleryTaskQueue(app),
+        settings,
+        grace=settings.reconcile_grace if grace is None else grace,
+    )
+    if summary.requeued:
+        log.warning("reconcile re-enqueued %d verification(s)", len(summary.requeued))
+    return summary.to_dict()
+
+
+@app.task(name=TASK_PURGE, acks_late=True)
+def purge_abandoned_uploads(
+    older_than: float | None = None, dry_run: bool = False
+) -> dict[str, Any]:
+    """Remove abandoned uploads; one runner at a time across the cluster."""
+    settings = _settings()
+    age = settings.purge_age if older_than is None else older_than
+    with exclusive(settings.redis_url, "purge", ttl=max(600.0, settings.purge_interval)):
+        summary = purge_uploads(_driver(settings.storage_root), older_than=age, dry_run=dry_run)
+    log.info("purge removed %d upload(s), %d bytes", len(summary.removed), summary.bytes_freed)
+    return summary.to_dict()

@@ -1,0 +1,184 @@
+"""Housekeeping: purge abandoned uploads, re-enqueue verifications Redis lost.
+
+Both jobs work from what storage says, never from Redis alone, so they are
+correct after a Redis flush, and both are safe to run while uploads proceed:
+
+* :func:`purge_uploads` removes sessions whose **last activity** (last staged
+  write or state change, not start time) is older than a cut-off. It never
+  touches uploads that are finishing or verified: those belong to a task.
+* :func:`reconcile` finds uploads stuck in ``finishing``/``verified`` whose task
+  the result backend does not know (lost with Redis, or never delivered) and
+  sends it again under the same task id. Tasks are idempotent, so a rare
+  duplicate (a task that was merely queued for longer than the grace) is harmless.
+
+Run them from Celery beat (``workers.tasks``) or the CLI (``ingest purge``,
+``ingest reconcile``); one purge at a time is enforced by the caller's lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest import paths
+from ingest.config import Settings
+from ingest.errors import BlobUploadUnknown
+from ingest.queue import TaskQueue
+from ingest.storage.base import PathNotFound, StorageDriver
+from ingest.storage.filesystem import TMP_MARKER
+from ingest.uploads import Staging, UploadState
+
+__all__ = ["PurgeSummary", "ReconcileSummary", "purge_uploads", "reconcile"]
+
+_BUSY = (UploadState.FINISHING, UploadState.VERIFIED)
+
+
+@dataclass
+class PurgeSummary:
+    """What a purge removed (or would remove, with ``dry_run``)."""
+
+    dry_run: bool
+    older_than: float
+    scanned: int = 0
+    removed: list[dict[str, Any]] = field(default_factory=list)
+    skipped_busy: int = 0
+    kept_recent: int = 0
+    bytes_freed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "older_than": self.older_than,
+            "scanned": self.scanned,
+            "removed": self.removed,
+            "removed_count": len(self.removed),
+            "skipped_busy": self.skipped_busy,
+            "kept_recent": self.kept_recent,
+            "bytes_freed": self.bytes_freed,
+        }
+
+
+def purge_uploads(
+    driver: StorageDriver, *, older_than: float, now: float | None = None, dry_run: bool = False
+) -> PurgeSummary:
+    """Remove upload sessions idle for more than ``older_than`` seconds."""
+    staging = Staging(driver)
+    cutoff = (time.time() if now is None else now) - older_than
+    summary = PurgeSummary(dry_run=dry_run, older_than=older_than)
+    for upload_id in staging.list_ids():
+        if TMP_MARKER in upload_id:
+            continue
+        summary.scanned += 1
+        try:
+            paths.validate_upload_id(upload_id)
+            record = staging.state(upload_id)
+            last = staging.last_activity(upload_id)
+        except BlobUploadUnknown:
+            # A half-created session (crash between its first files): judge by age.
+            last, record = _dir_age(driver, upload_id), None
+        if record is not None and record.state in _BUSY:
+            summary.skipped_busy += 1
+            continue
+        if last >= cutoff:
+            summary.kept_recent += 1
+            continue
+        size = 0
+        with contextlib.suppress(PathNotFound, BlobUploadUnknown):
+            size = driver.stat(paths.upload_data_path(upload_id)).size
+        entry = {
+            "upload_id": upload_id,
+            "state": record.state.value if record is not None else "incomplete",
+            "last_activity": last,
+            "bytes": size,
+        }
+        if not dry_run:
+            try:
+                driver.delete(f"{paths.uploads_root()}/{upload_id}")
+            except PathNotFound:
+                continue
+        summary.removed.append(entry)
+        summary.bytes_freed += size
+    return summary
+
+
+def _dir_age(driver: StorageDriver, upload_id: str) -> float:
+    try:
+        return max(
+            (fi.mod_time for fi in driver.walk(f"{paths.uploads_root()}/{upload_id}")),
+            default=0.0,
+        )
+    except Exception:  # noqa: BLE001 - an unreadable leftover is old by definition
+        return 0.0
+
+
+@dataclass
+class ReconcileSummary:
+    dry_run: bool
+    scanned: int = 0
+    requeued: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: int = 0
+    recorded_failures: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "scanned": self.scanned,
+            "requeued": self.requeued,
+            "requeued_count": len(self.requeued),
+            "in_flight": self.in_flight,
+            "recorded_failures": self.recorded_failures,
+        }
+
+
+def reconcile(
+    driver: StorageDriver,
+    queue: TaskQueue,
+    settings: Settings,
+    *,
+    grace: float,
+    now: float | None = None,
+    dry_run: bool = False,
+) -> ReconcileSummary:
+    """Re-enqueue verifications of uploads stuck for ``grace`` seconds with no live task."""
+    from ingest.commit import mark_failed
+    from ingest.errors import from_dict
+
+    staging = Staging(driver)
+    cutoff = (time.time() if now is None else now) - grace
+    summary = ReconcileSummary(dry_run=dry_run)
+    for upload_id in staging.list_ids():
+        try:
+            paths.validate_upload_id(upload_id)
+            record = staging.state(upload_id)
+        except BlobUploadUnknown:
+            continue
+        if record.state not in _BUSY or staging.result(upload_id) is not None:
+            continue
+        summary.scanned += 1
+        if record.updated_at >= cutoff or not record.task_id or not record.claimed_digest:
+            summary.in_flight += 1
+            continue
+        info = queue.info(record.task_id)
+        if info.state == "FAILURE" and info.error is not None:
+            # The task ended but its bookkeeping did not reach storage.
+            if not dry_run:
+                mark_failed(staging, upload_id, from_dict(info.error))
+            summary.recorded_failures += 1
+            continue
+        if info.state not in ("PENDING", "SUCCESS"):
+            summary.in_flight += 1  # STARTED / PROGRESS / RETRY: a worker has it
+            continue
+        entry = {"upload_id": upload_id, "task_id": record.task_id, "state": record.state.value}
+        if not dry_run:
+            size = record.size if record.size is not None else staging.size(upload_id)
+            queue.enqueue_verify(
+                upload_id,
+                record.claimed_digest,
+                record.expected_size,
+                task_id=record.task_id,
+                time_limit=settings.time_limit(size),
+            )
+        summary.requeued.append(entry)
+    return summary
