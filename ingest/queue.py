@@ -224,7 +224,8 @@ class CeleryTaskQueue:
                 task_id=task_id,
                 queue=QUEUE_VERIFY,
                 time_limit=time_limit,
-                soft_time_limit=max(1, time_limit - 10),
+                # The soft limit leaves the task time to record its timeout cleanly.
+                soft_time_limit=max(1, time_limit - min(10, max(1, time_limit // 10))),
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5},
             )

@@ -218,6 +218,16 @@ class Frontend:
                 p.wait()
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL the frontend's process group, as a crash would."""
+        p = self.process
+        if p is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        self.process = None
+
     def __enter__(self) -> Frontend:
         return self.start()
 
