@@ -91,9 +91,12 @@ def test_the_purge_lock_admits_one_runner(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(
         "redis.Redis.from_url", lambda url, **kw: fakeredis.FakeRedis(server=server)
     )
-    with locks.exclusive("redis://x", "purge", ttl=60):
-        with pytest.raises(TooManyRequests), locks.exclusive("redis://x", "purge", ttl=60):
-            pass  # pragma: no cover - the second runner never gets here
+    with (
+        locks.exclusive("redis://x", "purge", ttl=60),
+        pytest.raises(TooManyRequests),
+        locks.exclusive("redis://x", "purge", ttl=60),
+    ):
+        pass  # pragma: no cover - the second runner never gets here
     with locks.exclusive("redis://x", "purge", ttl=60):
         pass  # released: the next run gets it
 
