@@ -204,6 +204,7 @@ class Ingest:
                 size,
                 task_id=task_id,
                 time_limit=self.settings.time_limit(staged),
+                repository=self.staging.info(upload_id).repository,
             )
         except StorageUnavailable:
             self.staging.transition(upload_id, new, record.state)

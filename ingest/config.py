@@ -94,14 +94,14 @@ class Settings:
             object.__setattr__(self, "broker_url", self.redis_url)
         if not self.result_backend:
             object.__setattr__(self, "result_backend", self.redis_url)
-        if self.visibility_timeout == 0:
-            # As short as is safe: recovery from a dead worker waits this long.
-            object.__setattr__(self, "visibility_timeout", self.max_time_limit() + 60)
         for name in ("max_blob_size", "verify_chunk", "verify_min_rate", "max_manifest_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError("must be positive", name)
         if self.task_max_retries < 0:
             raise ConfigError("must not be negative", "task_max_retries")
+        if self.visibility_timeout == 0:
+            # As short as is safe: recovery from a dead worker waits this long.
+            object.__setattr__(self, "visibility_timeout", self.max_time_limit() + 60)
         if self.visibility_timeout <= self.max_time_limit():
             raise ConfigError(
                 "must exceed the longest verification time limit "

@@ -98,6 +98,14 @@ class IngestError(Exception):
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
 
+    def __repr__(self) -> str:
+        # Monitoring tools (Flower, logs) show repr(): make it the code, the
+        # sentence and the details, e.g. claimed and computed digests.
+        details = ", ".join(f"{k}={v}" for k, v in sorted(self.detail.items()))
+        return (
+            f"{type(self).__name__}({self.code}: {self.message}{'; ' + details if details else ''})"
+        )
+
     @property
     def exit_code(self) -> int:
         """The CLI exit status: 3 rejected by us, 4 try again later, 1 otherwise."""

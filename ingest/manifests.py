@@ -115,6 +115,11 @@ class ManifestStore:
         digest = parse_digest("sha256:" + hashlib.sha256(body).hexdigest())
         if is_digest_reference(reference):
             claimed = parse_digest(reference)
+            if claimed.algorithm not in ("sha256", "sha384", "sha512"):
+                raise DigestInvalid(
+                    "manifests are addressed by sha256, sha384 or sha512",
+                    {"reason": "unsupported", "digest": str(claimed)},
+                )
             if claimed.algorithm != "sha256":
                 computed = (
                     f"{claimed.algorithm}:" + hashlib.new(claimed.algorithm, body).hexdigest()
@@ -131,6 +136,7 @@ class ManifestStore:
         doc = self._parse(body)
         media_type = self._media_type(doc, content_type)
         self._check_references(repository, doc, media_type)
+        subject = self._subject(doc)  # validated before anything is written
 
         # Bytes first, then the revision, then tag/referrer links: a link never
         # names something missing.
@@ -148,22 +154,28 @@ class ManifestStore:
             self.driver.put_content(
                 _revision_dir(repository, alias) + "/link", str(digest).encode()
             )
-        subject = doc.get("subject")
-        if isinstance(subject, dict) and isinstance(subject.get("digest"), str):
-            sd = parse_digest(subject["digest"])
+        if subject is not None:
             self.driver.put_content(
-                f"{_referrers_dir(repository, sd)}/{digest.algorithm}/{digest.encoded}/link",
+                f"{_referrers_dir(repository, subject)}/{digest.algorithm}/{digest.encoded}/link",
                 str(digest).encode(),
             )
         if not is_digest_reference(reference):
             self.driver.put_content(_tag_link(repository, reference), str(digest).encode())
         return Manifest(str(digest), media_type, body)
 
+    def _subject(self, doc: dict[str, Any]) -> Digest | None:
+        subject = doc.get("subject")
+        if subject is None:
+            return None
+        if not isinstance(subject, dict):
+            raise ManifestInvalid("subject must be a descriptor", {"reason": "descriptor"})
+        return self._descriptor_digest(subject)
+
     @staticmethod
     def _parse(body: bytes) -> dict[str, Any]:
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ManifestInvalid("manifest is not valid JSON", {"reason": "json"}) from None
         if not isinstance(doc, dict):
             raise ManifestInvalid("manifest must be a JSON object", {"reason": "json"})
@@ -182,7 +194,8 @@ class ManifestStore:
                 "mediaType does not match Content-Type",
                 {"reason": "media-type", "mediaType": declared, "contentType": ct},
             )
-        media_type = declared or ct
+        # A generic Content-Type (application/json...) says nothing: infer instead.
+        media_type = declared or (ct if ct in MANIFEST_TYPES else None)
         if media_type is None and "manifests" in doc:
             media_type = OCI_INDEX
         if media_type is None and "config" in doc:

@@ -57,10 +57,18 @@ class TaskQueue(Protocol):
     """Enqueue verifications and observe their outcome."""
 
     def enqueue_verify(
-        self, upload_id: str, digest: str, size: int | None, *, task_id: str, time_limit: int
+        self,
+        upload_id: str,
+        digest: str,
+        size: int | None,
+        *,
+        task_id: str,
+        time_limit: int,
+        repository: str | None = None,
     ) -> None:
         """Send ``ingest.verify_upload(upload_id, digest, size)`` under ``task_id``.
-        Raises StorageUnavailable if the broker cannot be reached."""
+        ``repository`` is informational (logs, Flower). Raises StorageUnavailable if
+        the broker cannot be reached."""
 
     def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
         """The committed result; raise the recorded IngestError on failure, or
@@ -213,15 +221,27 @@ class CeleryTaskQueue:
         return cls(app)
 
     def enqueue_verify(
-        self, upload_id: str, digest: str, size: int | None, *, task_id: str, time_limit: int
+        self,
+        upload_id: str,
+        digest: str,
+        size: int | None,
+        *,
+        task_id: str,
+        time_limit: int,
+        repository: str | None = None,
     ) -> None:
         from kombu.exceptions import OperationalError
 
+        kwargs = {"repository": repository} if repository else {}
         try:
             self.app.send_task(
                 TASK_VERIFY,
                 args=(upload_id, digest, size),
+                kwargs=kwargs,
                 task_id=task_id,
+                # What Flower and `celery inspect` show instead of a raw tuple.
+                argsrepr=f"upload={upload_id} digest={digest} size={size}",
+                kwargsrepr=f"repository={repository}" if repository else "",
                 queue=QUEUE_VERIFY,
                 time_limit=time_limit,
                 # The soft limit leaves the task time to record its timeout cleanly.

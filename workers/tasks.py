@@ -74,17 +74,28 @@ class IngestTask(Task[Any, Any]):
 
 @app.task(bind=True, base=IngestTask, name=TASK_VERIFY, max_retries=_settings().task_max_retries)
 def verify_upload(
-    self: IngestTask, upload_id: str, digest: str, size: int | None = None
+    self: IngestTask,
+    upload_id: str,
+    digest: str,
+    size: int | None = None,
+    repository: str | None = None,
 ) -> dict[str, Any]:
-    """Verify staged upload ``upload_id`` against ``digest`` and commit it."""
+    """Verify staged upload ``upload_id`` against ``digest`` and commit it.
+
+    ``repository`` is informational only: the upload's own record is authoritative.
+    """
     settings = _settings()
 
     def progress(done: int, total: int) -> None:
+        meta = {"upload_id": upload_id, "digest": digest, "done": done, "total": total}
         try:
-            self.update_state(
-                state=STATE_PROGRESS,
-                meta={"upload_id": upload_id, "digest": digest, "done": done, "total": total},
-            )
+            # Result backend: read by status() and the ingest API.
+            self.update_state(state=STATE_PROGRESS, meta=meta)
+            # Event stream: Flower shows the task in state PROGRESS with these fields.
+            if self.request.id and not self.request.is_eager:
+                self.send_event(
+                    "task-progress", upload_id=upload_id, digest=digest, done=done, total=total
+                )
         except Exception:
             log.debug("progress report failed", exc_info=True)
 

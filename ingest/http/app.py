@@ -9,6 +9,7 @@ seam); waiting for its result is a pub/sub wait on the event loop.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -52,26 +53,54 @@ class _VersionHeader:
         await self.app(scope, receive, send_with_header)
 
 
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _by_method(path: str, handlers: dict[str, Handler]) -> Route:
+    """One route per path, dispatching on the method, so a 405 lists every
+    method the path supports in its Allow header."""
+
+    async def dispatch(request: Request) -> Response:
+        method = request.method
+        handler = handlers.get(method) or (handlers.get("GET") if method == "HEAD" else None)
+        assert handler is not None  # Route already answered 405 otherwise
+        return await handler(request)
+
+    return Route(path, dispatch, methods=list(handlers))
+
+
 def routes() -> list[Route]:
     n = "/v2/{name:path}"
     return [
         Route("/v2/", version_check, methods=["GET", "HEAD"]),
-        Route(f"{n}/blobs/uploads/", blobs.start_upload, methods=["POST"]),
-        Route(f"{n}/blobs/uploads/{{upload_id}}", blobs.patch_upload, methods=["PATCH"]),
-        Route(f"{n}/blobs/uploads/{{upload_id}}", blobs.put_upload, methods=["PUT"]),
-        Route(f"{n}/blobs/uploads/{{upload_id}}", blobs.get_upload, methods=["GET"]),
-        Route(f"{n}/blobs/uploads/{{upload_id}}", blobs.delete_upload, methods=["DELETE"]),
-        Route(f"{n}/blobs/{{digest}}", blobs.head_blob, methods=["HEAD"]),
-        Route(f"{n}/blobs/{{digest}}", blobs.get_blob, methods=["GET"]),
-        Route(f"{n}/blobs/{{digest}}", blobs.delete_blob, methods=["DELETE"]),
-        Route(f"{n}/manifests/{{reference}}", manifests.put_manifest, methods=["PUT"]),
-        Route(f"{n}/manifests/{{reference}}", manifests.get_manifest, methods=["GET", "HEAD"]),
-        Route(f"{n}/manifests/{{reference}}", manifests.delete_manifest, methods=["DELETE"]),
-        Route(f"{n}/tags/list", manifests.list_tags, methods=["GET"]),
-        Route(f"{n}/referrers/{{digest}}", manifests.list_referrers, methods=["GET"]),
-        Route("/ingest/v1/uploads/{upload_id}", ingest_api.upload_status, methods=["GET"]),
-        Route("/ingest/v1/uploads/{upload_id}/retry", ingest_api.retry_upload, methods=["POST"]),
-        Route("/ingest/v1/openapi.json", ingest_api.openapi, methods=["GET"]),
+        _by_method(f"{n}/blobs/uploads/", {"POST": blobs.start_upload}),
+        _by_method(
+            f"{n}/blobs/uploads/{{upload_id}}",
+            {
+                "PATCH": blobs.patch_upload,
+                "PUT": blobs.put_upload,
+                "GET": blobs.get_upload,
+                "DELETE": blobs.delete_upload,
+            },
+        ),
+        _by_method(
+            f"{n}/blobs/{{digest}}",
+            {"HEAD": blobs.head_blob, "GET": blobs.get_blob, "DELETE": blobs.delete_blob},
+        ),
+        _by_method(
+            f"{n}/manifests/{{reference}}",
+            {
+                "PUT": manifests.put_manifest,
+                "GET": manifests.get_manifest,
+                "HEAD": manifests.get_manifest,
+                "DELETE": manifests.delete_manifest,
+            },
+        ),
+        _by_method(f"{n}/tags/list", {"GET": manifests.list_tags}),
+        _by_method(f"{n}/referrers/{{digest}}", {"GET": manifests.list_referrers}),
+        _by_method("/ingest/v1/uploads/{upload_id}", {"GET": ingest_api.upload_status}),
+        _by_method("/ingest/v1/uploads/{upload_id}/retry", {"POST": ingest_api.retry_upload}),
+        _by_method("/ingest/v1/openapi.json", {"GET": ingest_api.openapi}),
     ]
 
 

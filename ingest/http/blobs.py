@@ -8,18 +8,21 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ingest.api import Ingest, Ticket, Upload
 from ingest.digests import parse_digest
 from ingest.errors import (
     BlobUnknown,
+    BlobUploadUnknown,
     DigestInvalid,
+    NameInvalid,
     RangeInvalid,
     SizeInvalid,
     TooLarge,
     VerificationTimeout,
 )
+from ingest.http.errors import envelope
 from ingest.names import validate_name
 from ingest.paths import validate_upload_id
 
@@ -61,7 +64,7 @@ def _content_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdecimal()) or len(raw) > 19:
         raise SizeInvalid("invalid Content-Length", {"content_length": raw[:40]})
     return int(raw)
 
@@ -96,10 +99,12 @@ async def _stream_body(request: Request, up: Upload) -> int:
     except ClientDisconnect:
         pass  # keep what arrived: the upload resumes from its durable offset
     finally:
-        if buf:
-            await run_in_threadpool(up.write, buf)
-            total += len(buf)
-        await run_in_threadpool(up.close)
+        try:
+            if buf:
+                await run_in_threadpool(up.write, buf)
+                total += len(buf)
+        finally:
+            await run_in_threadpool(up.close)
     if length is not None and total != length:
         raise SizeInvalid(
             "request body shorter than Content-Length",
@@ -157,7 +162,7 @@ async def start_upload(request: Request) -> Response:
     if mount:
         source = params.get("from")
         if source:
-            mounted = await run_in_threadpool(_mount, ing, name, validate_name(source), mount)
+            mounted = await run_in_threadpool(_mount, ing, name, source, mount)
             if mounted is not None:
                 return Response(
                     status_code=201,
@@ -179,11 +184,15 @@ async def start_upload(request: Request) -> Response:
 
 
 def _mount(ing: Ingest, name: str, source: str, digest: str) -> str | None:
-    d = parse_digest(digest)
+    """Link ``digest`` from ``source`` into ``name``; None when it cannot be mounted.
+    As the spec suggests, anything unmountable (unknown blob, unusable ``from`` or
+    ``mount``) falls back to a fresh upload session rather than an error."""
     try:
+        d = parse_digest(digest)
+        validate_name(source)
         canonical = ing.blobs.resolve(source, d)
         ing.blobs.stat(source, d)
-    except BlobUnknown:
+    except (BlobUnknown, DigestInvalid, NameInvalid):
         return None
     ing.blobs.link(name, canonical, canonical)
     if d != canonical:
@@ -258,6 +267,10 @@ async def get_upload(request: Request) -> Response:
     ing = _ingest(request)
     upload_id = validate_upload_id(request.path_params["upload_id"])
     await run_in_threadpool(ing.staging.info, upload_id, name)
+    if await run_in_threadpool(ing.staging.result, upload_id) is not None:
+        # Finished sessions are gone as far as the distribution API goes; the
+        # ingest API (/ingest/v1/uploads/<id>) still reports the outcome.
+        raise BlobUploadUnknown("upload already committed", {"upload_id": upload_id})
     offset = await run_in_threadpool(ing.staging.size, upload_id)
     return Response(status_code=204, headers=_upload_headers(name, upload_id, offset))
 
@@ -289,8 +302,10 @@ def _parse_range(raw: str, size: int) -> tuple[int, int] | None:
             raise RangeInvalid("unsatisfiable range", {"size": size})
         return max(size - n, 0), size - 1
     first = int(m.group(1))
+    if m.group(2) and int(m.group(2)) < first:
+        return None  # syntactically invalid: ignored (RFC 9110 §14.2)
     last = int(m.group(2)) if m.group(2) else size - 1
-    if first >= size or last < first:
+    if first >= size:
         raise RangeInvalid("unsatisfiable range", {"size": size})
     return first, min(last, size - 1)
 
@@ -326,9 +341,13 @@ async def get_blob(request: Request) -> Response:
     if raw_range:
         try:
             picked = _parse_range(raw_range, info.size)
-        except RangeInvalid:
+        except RangeInvalid as exc:
             reader.close()
-            return Response(status_code=416, headers={"Content-Range": f"bytes */{info.size}"})
+            return JSONResponse(
+                envelope(exc.code, exc.message, exc.detail),
+                status_code=416,
+                headers={"Content-Range": f"bytes */{info.size}"},
+            )
         if picked is not None:
             first, last = picked
             status = 206

@@ -13,8 +13,9 @@ from ingest.errors import IngestError, RangeInvalid, Unknown
 
 log = logging.getLogger("ingest.http")
 
-# Client mistakes that Starlette itself detects (unknown route, wrong method).
-_HTTP_CODES = {404: "NOT_FOUND", 405: "UNSUPPORTED"}
+# Client mistakes that Starlette itself detects (unknown route, wrong method):
+# both are operations this registry does not support.
+_HTTP_CODES = {404: "UNSUPPORTED", 405: "UNSUPPORTED"}
 
 
 def envelope(code: str, message: str, detail: Any = None) -> dict[str, Any]:

@@ -32,14 +32,23 @@ async def upload_status(request: Request) -> Response:
     return JSONResponse(status.to_dict())
 
 
+async def _read_small_body(request: Request, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BlobUploadInvalid(f"body larger than {limit} bytes", {"reason": "too-large"})
+    return bytes(body)
+
+
 async def retry_upload(request: Request) -> Response:
     upload_id = validate_upload_id(request.path_params["upload_id"])
     digest = None
-    raw = await request.body() if int(request.headers.get("content-length") or 0) <= 4096 else b""
+    raw = await _read_small_body(request, 4096)
     if raw.strip():
         try:
             doc = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BlobUploadInvalid("body must be JSON", {"reason": "json"}) from None
         if not isinstance(doc, dict) or not isinstance(doc.get("digest", ""), str):
             raise BlobUploadInvalid('body must be {"digest": "<digest>"}', {"reason": "json"})

@@ -25,7 +25,7 @@ def _store(request: Request) -> ManifestStore:
 async def _read_body(request: Request, limit: int) -> bytes:
     # Manifests are small and capped: buffering one is bounded by ``limit``.
     raw = request.headers.get("content-length")
-    if raw is not None and raw.isdigit() and int(raw) > limit:
+    if raw is not None and raw.isascii() and raw.isdecimal() and int(raw) > limit:
         raise TooLarge("manifest too large", {"limit": limit})
     body = bytearray()
     async for chunk in request.stream():
@@ -84,7 +84,7 @@ async def list_tags(request: Request) -> Response:
     headers: dict[str, str] = {}
     n_raw = params.get("n")
     if n_raw is not None:
-        if not n_raw.isdigit():
+        if not (n_raw.isascii() and n_raw.isdecimal()) or len(n_raw) > 9:
             raise ManifestInvalid("n must be a non-negative integer", {"reason": "pagination"})
         n = min(int(n_raw), _MAX_TAGS_PAGE)
         if len(tags) > n:

@@ -54,7 +54,14 @@ class RecordingQueue:
         self.waited: list[str] = []
 
     def enqueue_verify(
-        self, upload_id: str, digest: str, size: int | None, *, task_id: str, time_limit: int
+        self,
+        upload_id: str,
+        digest: str,
+        size: int | None,
+        *,
+        task_id: str,
+        time_limit: int,
+        repository: str | None = None,
     ) -> None:
         self.calls.append(EnqueuedVerify(upload_id, digest, size, task_id, time_limit))
 

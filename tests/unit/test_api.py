@@ -165,7 +165,14 @@ def test_finish_after_the_commit_returns_the_committed_result_without_enqueuing(
 def test_a_broker_failure_while_finishing_reopens_the_upload(driver: StorageDriver) -> None:
     class DownQueue(RecordingQueue):
         def enqueue_verify(
-            self, upload_id: str, digest: str, size: int | None, *, task_id: str, time_limit: int
+            self,
+            upload_id: str,
+            digest: str,
+            size: int | None,
+            *,
+            task_id: str,
+            time_limit: int,
+            repository: str | None = None,
         ) -> None:
             raise StorageUnavailable("broker down")
 
