@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
+import re
+import stat
 import sys
 from collections.abc import Callable
-from typing import IO, Any, ParamSpec, TypeVar
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar, cast
 
 import click
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 from ingest.config import ConfigError, Settings, parse_duration
 from ingest.errors import EXIT_USAGE, IngestError
@@ -43,6 +49,20 @@ class Context:
 
     def emit(self, data: dict[str, Any], human: str) -> None:
         click.echo(json.dumps(data, sort_keys=True) if self.as_json else human)
+
+
+class Duration(click.ParamType[float]):
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float | int):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -108,6 +128,103 @@ def put(obj: Context, file: IO[bytes], repository: str, digest: str | None, time
     )
 
 
+def _default_repository(file: IO[bytes]) -> str:
+    stem = os.path.basename(getattr(file, "name", "") or "stdin").split(".", 1)[0].lower()
+    cleaned = re.sub(r"[^a-z0-9]+", "-", stem).strip("-") or "blob"
+    return f"uploads/{cleaned}"
+
+
+@cli.command()
+@click.argument("file", type=click.File("rb"))
+@click.option("--repo", "repository", help="Repository (default: uploads/<file name>).")
+@click.option("--digest", help="Claimed digest (default: computed while uploading).")
+@click.option(
+    "--tarsum",
+    type=click.Choice(["v0", "v1", "dev"]),
+    help="Claim the TarSum of this version (sha256) instead of a plain digest.",
+)
+@click.option("--chunk-size", type=str, default="16MiB", show_default=True)
+@click.option(
+    "--url",
+    envvar="INGEST_URL",
+    default="http://127.0.0.1:5000",
+    show_default=True,
+    help="Frontend URL [INGEST_URL].",
+)
+@click.option("--timeout", type=float, default=600.0, show_default=True)
+@pass_ctx
+@reports_errors
+def push(
+    obj: Context,
+    file: IO[bytes],
+    repository: str | None,
+    digest: str | None,
+    tarsum: str | None,
+    chunk_size: str,
+    url: str,
+    timeout: float,
+) -> None:
+    """Upload FILE ('-' for stdin) through the HTTP API and wait for its verification."""
+    from ingest.client import RegistryClient
+    from ingest.config import parse_size
+
+    if digest and tarsum:
+        raise click.UsageError("--digest and --tarsum are exclusive")
+    label = (
+        None
+        if tarsum is None
+        else {"v0": "tarsum", "v1": "tarsum.v1", "dev": "tarsum.dev"}[tarsum] + "+sha256"
+    )
+    try:
+        chunk = parse_size(chunk_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--chunk-size") from None
+    repo = repository or _default_repository(file)
+    size = _size_of(file)
+    quiet = obj.as_json or not sys.stderr.isatty()
+    up_bar: ProgressBar[int]
+    with (
+        RegistryClient(url) as client,
+        click.progressbar(
+            length=size, label="upload", file=sys.stderr, hidden=quiet, show_pos=True
+        ) as up_bar,
+    ):
+        verify: dict[str, Any] = {}
+
+        def on_verify(done: int, total: int) -> None:
+            if "bar" not in verify:
+                up_bar.render_finish()
+                verify["bar"] = click.progressbar(
+                    length=total or 1, label="verify", file=sys.stderr, hidden=quiet
+                )
+            bar = verify["bar"]
+            bar.update(max(done - bar.pos, 0))
+
+        result = client.push(
+            repo,
+            cast(BinaryIO, file),
+            digest=digest,
+            tarsum_label=label,
+            chunk_size=chunk,
+            on_upload=up_bar.update,
+            on_verify=on_verify,
+            timeout=timeout,
+        )
+        if "bar" in verify:
+            verify["bar"].render_finish()
+    obj.emit(
+        result, f"committed {result['repository']}@{result['digest']} ({result['size']} bytes)"
+    )
+
+
+def _size_of(file: IO[bytes]) -> int | None:
+    try:
+        st = os.fstat(file.fileno())
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 @cli.command()
 @click.argument("upload_id")
 @pass_ctx
@@ -122,20 +239,56 @@ def status(obj: Context, upload_id: str) -> None:
 
 
 @cli.command()
-@click.argument("upload_id")
+@click.argument("upload_id", required=False)
 @click.option("--digest", help="Verify against this digest instead of the recorded claim.")
+@click.option("--failed", "all_failed", is_flag=True, help="Retry every failed upload (bulk).")
+@click.option(
+    "--since", type=Duration(), help="With --failed: only failures this recent (e.g. 2h)."
+)
+@click.option("--code", help="With --failed: only failures with this error code.")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.option("--timeout", type=float, default=300.0, show_default=True)
 @pass_ctx
 @reports_errors
-def retry(obj: Context, upload_id: str, digest: str | None, wait: bool, timeout: float) -> None:
-    """Re-enqueue the failed verification of UPLOAD_ID."""
+def retry(
+    obj: Context,
+    upload_id: str | None,
+    digest: str | None,
+    all_failed: bool,
+    since: float | None,
+    code: str | None,
+    wait: bool,
+    timeout: float,
+) -> None:
+    """Re-enqueue the failed verification of UPLOAD_ID, or of every failed upload."""
+    if all_failed == bool(upload_id):
+        raise click.UsageError("give either UPLOAD_ID or --failed")
+    if all_failed:
+        _retry_failed(obj, since, code)
+        return
     ticket = obj.ingest.retry(upload_id, digest)
     if not wait:
         obj.emit({"upload_id": upload_id, "task_id": ticket.task_id}, f"queued {ticket.task_id}")
         return
     result = ticket.wait(timeout=timeout)
     obj.emit(result, f"committed {result['repository']}@{result['digest']}")
+
+
+def _retry_failed(obj: Context, since: float | None, code: str | None) -> None:
+    from ingest.maintenance import failed_uploads
+
+    ing = obj.ingest
+    queued: list[dict[str, str]] = []
+    errors: list[dict[str, Any]] = []
+    for upload_id, _record in failed_uploads(ing.driver, since=since, code=code):
+        try:
+            queued.append({"upload_id": upload_id, "task_id": ing.retry(upload_id).task_id})
+        except IngestError as exc:
+            errors.append({"upload_id": upload_id, "error": exc.to_dict()})
+    lines = [f"re-queued {len(queued)} failed verification(s)"]
+    lines += [f"  {q['upload_id']} task {q['task_id']}" for q in queued]
+    lines += [f"  {e['upload_id']} not retried: {e['error']['code']}" for e in errors]
+    obj.emit({"queued": queued, "errors": errors}, "\n".join(lines))
 
 
 @cli.command()
@@ -146,20 +299,6 @@ def cancel(obj: Context, upload_id: str) -> None:
     """Discard an upload and its staged bytes."""
     obj.ingest.cancel(upload_id)
     obj.emit({"upload_id": upload_id, "cancelled": True}, f"cancelled {upload_id}")
-
-
-class Duration(click.ParamType[float]):
-    name = "duration"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        if isinstance(value, float | int):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 @cli.command()

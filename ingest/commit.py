@@ -200,6 +200,9 @@ def commit_upload(
             try:
                 _check(computed, claimed, expected_size, record)
             except (DigestInvalid, SizeInvalid, BlobUploadInvalid) as exc:
+                # Name the upload, so whoever sees the error can retry it.
+                exc.detail.setdefault("upload_id", upload_id)
+                exc.args = (exc.message, exc.detail)
                 mark_failed(staging, upload_id, exc)
                 raise
             verified = {

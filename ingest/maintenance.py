@@ -28,9 +28,9 @@ from ingest.errors import BlobUploadUnknown
 from ingest.queue import TaskQueue
 from ingest.storage.base import PathNotFound, StorageDriver
 from ingest.storage.filesystem import TMP_MARKER
-from ingest.uploads import Staging, UploadState
+from ingest.uploads import Staging, UploadRecord, UploadState
 
-__all__ = ["PurgeSummary", "ReconcileSummary", "purge_uploads", "reconcile"]
+__all__ = ["PurgeSummary", "ReconcileSummary", "failed_uploads", "purge_uploads", "reconcile"]
 
 _BUSY = (UploadState.FINISHING, UploadState.VERIFIED)
 
@@ -182,3 +182,31 @@ def reconcile(
             )
         summary.requeued.append(entry)
     return summary
+
+
+def failed_uploads(
+    driver: StorageDriver,
+    *,
+    since: float | None = None,
+    code: str | None = None,
+    now: float | None = None,
+) -> list[tuple[str, UploadRecord]]:
+    """Failed uploads, optionally only those failed in the last ``since`` seconds
+    and with error ``code`` -- the input of a bulk retry after an outage."""
+    staging = Staging(driver)
+    cutoff = None if since is None else (time.time() if now is None else now) - since
+    out = []
+    for upload_id in staging.list_ids():
+        try:
+            paths.validate_upload_id(upload_id)
+            record = staging.state(upload_id)
+        except BlobUploadUnknown:
+            continue
+        if record.state is not UploadState.FAILED:
+            continue
+        if cutoff is not None and record.updated_at < cutoff:
+            continue
+        if code is not None and (record.error or {}).get("code") != code:
+            continue
+        out.append((upload_id, record))
+    return out

@@ -171,7 +171,7 @@ def test_a_wrong_expected_size_is_recorded_as_size_invalid(driver: StorageDriver
     uid, tid = _finished(ing, DATA, sha256(DATA))
     with pytest.raises(SizeInvalid) as info:
         commit_upload(driver, uid, sha256(DATA), len(DATA) + 1, task_id=tid)
-    assert info.value.detail == {"claimed": len(DATA) + 1, "computed": len(DATA)}
+    assert info.value.detail == {"claimed": len(DATA) + 1, "computed": len(DATA), "upload_id": uid}
     assert ing.staging.state(uid).state is UploadState.FAILED
 
 

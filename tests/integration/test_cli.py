@@ -1,0 +1,167 @@
+"""The ``ingest`` CLI against the real frontend, worker and Redis, as a user runs it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Stack
+from workers.localredis import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def url(shared_stack: Stack) -> str:
+    return shared_stack.frontend().url
+
+
+def ingest(
+    stack: Stack, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ingest.cli", *args],
+        env={**os.environ, **stack.env},
+        input=stdin.decode("latin-1") if stdin else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_push_uploads_in_chunks_and_prints_the_committed_digest(
+    shared_stack: Stack, url: str, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    f = tmp_path / "layer.bin"
+    f.write_bytes(data)
+    run = ingest(
+        shared_stack,
+        "--json",
+        "push",
+        str(f),
+        "--repo",
+        "cli/push",
+        "--chunk-size",
+        "1MiB",
+        "--url",
+        url,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["status"] == "committed"
+    assert result["digest"] == sha256(data)
+    assert result["size"] == len(data)
+    human = ingest(shared_stack, "push", str(f), "--repo", "cli/push2", "--url", url)
+    assert human.returncode == 0
+    assert f"committed cli/push2@{sha256(data)}" in human.stdout
+
+
+def test_push_from_stdin_with_a_tarsum_claim(shared_stack: Stack, url: str) -> None:
+    layer = (
+        Path(__file__).resolve().parents[2].parent
+        / "shared"
+        / "vectors"
+        / "tarsum"
+        / ("testdata/46af0962ab5afeb5ce6740d4d91652e69206fc991fd5328c1a94d364ad00e457/layer.tar")
+    )
+    if not layer.exists():
+        pytest.skip("tarsum vectors missing")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "--json",
+            "push",
+            "-",
+            "--repo",
+            "cli/tarsum",
+            "--tarsum",
+            "v1",
+            "--url",
+            url,
+        ],
+        env={**os.environ, **shared_stack.env},
+        stdin=layer.open("rb"),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["digest"] == (
+        "tarsum.v1+sha256:41cd5c911333ee394776e432fc5a27cc82dfea313e5feff965e31c0fddd9213d"
+    )
+
+
+def test_a_broken_digest_fails_with_exit_3_and_can_be_retried_by_id_and_in_bulk(
+    shared_stack: Stack, url: str, tmp_path: Path
+) -> None:
+    data = os.urandom(500_000)
+    f = tmp_path / "blob.bin"
+    f.write_bytes(data)
+    wrong = sha256(b"not it")
+    run = ingest(
+        shared_stack, "push", str(f), "--repo", "cli/broken", "--digest", wrong, "--url", url
+    )
+    assert run.returncode == 3
+    assert "DIGEST_INVALID" in run.stderr
+    assert sha256(data) in run.stderr  # the computed digest is shown
+    upload_id = run.stderr.split('"upload_id": "', 1)[1].split('"', 1)[0]
+
+    status = ingest(shared_stack, "--json", "status", upload_id)
+    assert status.returncode == 0
+    st = json.loads(status.stdout)
+    assert st["state"] == "failed"
+    assert st["error"]["code"] == "DIGEST_INVALID"
+
+    # Bulk retry re-queues it (same wrong claim: it fails again, still exit 0 for the queueing).
+    bulk = ingest(shared_stack, "--json", "retry", "--failed", "--code", "DIGEST_INVALID")
+    assert bulk.returncode == 0, bulk.stderr
+    assert upload_id in [q["upload_id"] for q in json.loads(bulk.stdout)["queued"]]
+
+    # Retry with the right digest commits it (once the bulk attempt has failed again).
+    for _ in range(100):
+        if (
+            json.loads(ingest(shared_stack, "--json", "status", upload_id).stdout)["state"]
+            == "failed"
+        ):
+            break
+    fixed = ingest(shared_stack, "--json", "retry", upload_id, "--digest", sha256(data))
+    assert fixed.returncode == 0, fixed.stderr
+    assert json.loads(fixed.stdout)["status"] == "committed"
+    again = ingest(shared_stack, "retry", upload_id)
+    assert again.returncode == 3  # already committed: BLOB_UPLOAD_INVALID
+
+
+def test_an_unreachable_frontend_is_exit_4(shared_stack: Stack, tmp_path: Path) -> None:
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"x")
+    run = ingest(shared_stack, "push", str(f), "--url", f"http://127.0.0.1:{free_port()}")
+    assert run.returncode == 4
+    assert "UNAVAILABLE" in run.stderr
+
+
+def test_usage_and_configuration_errors_are_exit_2(shared_stack: Stack) -> None:
+    assert ingest(shared_stack, "retry").returncode == 2
+    bad = subprocess.run(
+        [sys.executable, "-m", "ingest.cli", "status", "x"],
+        env={**os.environ, **shared_stack.env, "INGEST_MAX_BLOB_SIZE": "lots"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "INGEST_MAX_BLOB_SIZE" in bad.stderr
