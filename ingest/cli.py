@@ -410,8 +410,13 @@ def tarsum(obj: Context, file: IO[bytes], label: str, extra: IO[bytes] | None) -
 @click.option("--log-level", default="warning", show_default=True)
 def serve(host: str, port: int, workers: int, log_level: str) -> None:
     """Serve the OCI distribution API and the ingest JSON API (needs the 'http' extra)."""
+    import tempfile
+
     import uvicorn
 
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several processes: /metrics aggregates them through a shared directory.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ingest-metrics-")
     uvicorn.run(
         "ingest.http.app:app_factory",
         factory=True,
@@ -419,7 +424,8 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
         port=port,
         workers=workers,
         log_level=log_level,
-        access_log=False,
+        access_log=False,  # the app logs one structured line per request itself
+        log_config=None,  # keep the app's JSON logging (configured in the app factory)
         # Frontends are stateless: any process can serve any upload.
         timeout_keep_alive=30,
     )

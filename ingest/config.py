@@ -86,6 +86,8 @@ class Settings:
     purge_interval: float = 3600.0
     reconcile_grace: float = 600.0
     reconcile_interval: float = 60.0
+    log_level: str = "INFO"
+    log_format: str = "json"
     max_manifest_size: int = 4 << 20
 
     def __post_init__(self) -> None:
@@ -97,6 +99,10 @@ class Settings:
         for name in ("max_blob_size", "verify_chunk", "verify_min_rate", "max_manifest_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError("must be positive", name)
+        if self.log_format not in ("json", "text"):
+            raise ConfigError("must be 'json' or 'text'", "log_format")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL", "log_level")
         if self.task_max_retries < 0:
             raise ConfigError("must not be negative", "task_max_retries")
         if self.visibility_timeout == 0:

@@ -7,9 +7,11 @@ URLs and limits from :class:`ingest.config.Settings` read from the environment.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
+from ingest import logs
 from ingest.config import Settings
 from ingest.queue import TASK_PURGE, TASK_RECONCILE, client_config
 
@@ -45,6 +47,27 @@ def create_celery(settings: Settings) -> Celery:
         "purge-abandoned-uploads": {"task": TASK_PURGE, "schedule": settings.purge_interval},
     }
     return app
+
+
+@signals.setup_logging.connect
+def _setup_logging(logfile: str | None = None, **_: Any) -> None:
+    # Connecting this signal stops Celery from installing its own handlers:
+    # worker, beat and pool processes log JSON lines with upload and task ids
+    # (to ``-f/--logfile`` when given).
+    logs.configure(settings.log_level, settings.log_format, logfile or None)
+
+
+@signals.task_prerun.connect
+def _bind_ids(task_id: str | None = None, args: Any = None, **_: Any) -> None:
+    logs.task_id_var.set(task_id)
+    upload_id = args[0] if args and isinstance(args[0], str) else None
+    logs.upload_id_var.set(upload_id)
+
+
+@signals.task_postrun.connect
+def _unbind_ids(**_: Any) -> None:
+    logs.task_id_var.set(None)
+    logs.upload_id_var.set(None)
 
 
 settings = Settings.from_env(os.environ)

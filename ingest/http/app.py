@@ -8,7 +8,9 @@ seam); waiting for its result is a pub/sub wait on the event loop.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -19,12 +21,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest import logs
 from ingest.api import Ingest
 from ingest.config import Settings
 from ingest.errors import IngestError
-from ingest.http import blobs, ingest_api, manifests
+from ingest.http import blobs, ingest_api, manifests, metrics
 from ingest.http.errors import http_error, ingest_error, unexpected_error
 from ingest.manifests import ManifestStore
+
+log = logging.getLogger("ingest.http.access")
 
 
 async def version_check(request: Request) -> Response:
@@ -104,14 +109,49 @@ def routes() -> list[Route]:
     ]
 
 
+class _AccessLog:
+    """One structured log line per request, with the upload and task ids it touched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not log.isEnabledFor(logging.INFO):
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            log.info(
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status["code"],
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status["code"],
+                    "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                },
+            )
+
+
 def create_app(settings: Settings | None = None, *, ingest: Ingest | None = None) -> Starlette:
     """Build the ASGI app. Without arguments, configuration comes from the environment."""
     if ingest is None:
         settings = settings or Settings.from_env(os.environ)
         ingest = Ingest.from_settings(settings)
     app = Starlette(
-        routes=routes(),
-        middleware=[Middleware(_VersionHeader)],
+        routes=[*routes(), Route("/metrics", metrics.metrics, methods=["GET"])],
+        middleware=[Middleware(_AccessLog), Middleware(_VersionHeader)],
         exception_handlers={
             IngestError: ingest_error,
             HTTPException: http_error,
@@ -119,10 +159,13 @@ def create_app(settings: Settings | None = None, *, ingest: Ingest | None = None
         },
     )
     app.state.ingest = ingest
+    app.state.metrics_registry = metrics.registry(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     app.state.manifests = ManifestStore(ingest.driver, max_size=ingest.settings.max_manifest_size)
     return app
 
 
 def app_factory() -> Starlette:
-    """For ``uvicorn --factory ingest.http.app:app_factory``."""
-    return create_app()
+    """For ``uvicorn --factory ingest.http.app:app_factory``: reads the environment."""
+    settings = Settings.from_env(os.environ)
+    logs.configure(settings.log_level, settings.log_format)
+    return create_app(settings)

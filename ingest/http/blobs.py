@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,13 +17,16 @@ from ingest.errors import (
     BlobUnknown,
     BlobUploadUnknown,
     DigestInvalid,
+    IngestError,
     NameInvalid,
     RangeInvalid,
     SizeInvalid,
     TooLarge,
     VerificationTimeout,
 )
+from ingest.http import metrics
 from ingest.http.errors import envelope
+from ingest.logs import task_id_var, upload_id_var
 from ingest.names import validate_name
 from ingest.paths import validate_upload_id
 
@@ -87,8 +91,10 @@ async def _stream_body(request: Request, up: Upload) -> int:
         offset = await run_in_threadpool(lambda: up.offset)
         if offset + length > ing.settings.max_blob_size:
             raise TooLarge("blob exceeds the maximum size", {"limit": ing.settings.max_blob_size})
+    upload_id_var.set(up.id)
     buf = bytearray()
     total = 0
+    metrics.UPLOADS_ACTIVE.inc()
     try:
         async for chunk in request.stream():
             buf += chunk
@@ -104,6 +110,8 @@ async def _stream_body(request: Request, up: Upload) -> int:
                 await run_in_threadpool(up.write, buf)
                 total += len(buf)
         finally:
+            metrics.UPLOADS_ACTIVE.dec()
+            metrics.UPLOAD_BYTES.inc(total)
             await run_in_threadpool(up.close)
     if length is not None and total != length:
         raise SizeInvalid(
@@ -116,14 +124,23 @@ async def _stream_body(request: Request, up: Upload) -> int:
 async def _wait_for_commit(request: Request, ticket: Ticket, name: str) -> Response:
     """201 when committed within the bound, the recorded error if rejected, else 202."""
     ing = _ingest(request)
+    upload_id_var.set(ticket.upload_id)
+    task_id_var.set(ticket.task_id)
     prefer = request.headers.get("prefer", "")
     if "respond-async" not in prefer.lower():
+        started = time.perf_counter()
         try:
             result = ticket._done or await ing.queue.wait_async(
                 ticket.task_id, ing.settings.finish_wait
             )
         except VerificationTimeout:
             result = None
+        except IngestError as exc:
+            metrics.FINISH_SECONDS.observe(time.perf_counter() - started)
+            metrics.OUTCOMES.labels(exc.code).inc()
+            raise
+        metrics.FINISH_SECONDS.observe(time.perf_counter() - started)
+        metrics.OUTCOMES.labels("committed" if result is not None else "pending").inc()
         if result is not None:
             return Response(
                 status_code=201,
