@@ -77,7 +77,12 @@ class Upload(UploadWriter):
     """An open upload session (the seed design's LayerUpload)."""
 
     def __init__(self, ingest: Ingest, info: UploadInfo) -> None:
-        super().__init__(ingest.staging, info, max_size=ingest.settings.max_blob_size)
+        super().__init__(
+            ingest.staging,
+            info,
+            max_size=ingest.settings.max_blob_size,
+            sync_on_close=ingest.settings.staging_fsync,
+        )
         self._ingest = ingest
 
     def finish(self, digest: str, size: int | None = None) -> Ticket:
@@ -88,7 +93,7 @@ class Upload(UploadWriter):
         """
         self._check_open_handle()
         self.close()
-        return self._ingest._finish(self.id, digest, size)
+        return self._ingest._finish(self.info, digest, size)
 
     def cancel(self) -> None:
         """Discard the upload and its staged bytes."""
@@ -143,10 +148,10 @@ class Ingest:
     ) -> Ticket:
         """Finish an upload by id (as a frontend does per request): like
         ``Upload.finish``, and also allowed again after a failed verification."""
-        self.staging.info(upload_id, repository)
-        return self._finish(upload_id, digest, size)
+        return self._finish(self.staging.info(upload_id, repository), digest, size)
 
-    def _finish(self, upload_id: str, digest: str, size: int | None) -> Ticket:
+    def _finish(self, info: UploadInfo, digest: str, size: int | None) -> Ticket:
+        upload_id = info.id
         claimed = parse_digest(digest)
         new_verifier(claimed)  # unsupported tarsum labels fail now, not in a worker
         if size is not None and size < 0:
@@ -177,18 +182,22 @@ class Ingest:
             raise SizeInvalid(
                 "blob exceeds the maximum size", {"limit": self.settings.max_blob_size}
             )
-        return self._enqueue(upload_id, record, str(claimed), size, staged)
+        return self._enqueue(info, record, str(claimed), size, staged)
 
     def _enqueue(
-        self, upload_id: str, record: UploadRecord, digest: str, size: int | None, staged: int
+        self, info: UploadInfo, record: UploadRecord, digest: str, size: int | None, staged: int
     ) -> Ticket:
+        upload_id = info.id
         task_id = str(uuid.uuid4())
         # Record the attempt before sending, so a task can never run against a
-        # state that does not know it; if sending fails, reopen the upload.
+        # state that does not know it; if sending fails, reopen the upload. Not
+        # fsync'd: if a crash loses it, the upload is open again and the client's
+        # retried PUT finishes it; the commit itself is what must be durable.
         new = self.staging.transition(
             upload_id,
             record,
             UploadState.FINISHING,
+            durable=False,
             claimed_digest=digest,
             expected_size=size,
             size=staged,
@@ -204,7 +213,7 @@ class Ingest:
                 size,
                 task_id=task_id,
                 time_limit=self.settings.time_limit(staged),
-                repository=self.staging.info(upload_id).repository,
+                repository=info.repository,
             )
         except StorageUnavailable:
             self.staging.transition(upload_id, new, record.state)
@@ -215,7 +224,7 @@ class Ingest:
         """Re-enqueue a failed verification as a new attempt (optionally with a
         corrected digest). Committed uploads are refused with BlobUploadInvalid,
         cancelled or unknown ones with BlobUploadUnknown."""
-        self.staging.info(upload_id)
+        info = self.staging.info(upload_id)
         if self.staging.result(upload_id) is not None:
             raise BlobUploadInvalid("upload is already committed", {"upload_id": upload_id})
         record = self.staging.state(upload_id)
@@ -229,7 +238,7 @@ class Ingest:
             raise BlobUploadInvalid("no digest to verify against", {"upload_id": upload_id})
         new_verifier(parse_digest(claim))
         return self._enqueue(
-            upload_id, record, claim, record.expected_size, self.staging.size(upload_id)
+            info, record, claim, record.expected_size, self.staging.size(upload_id)
         )
 
     def status(self, upload_id: str) -> UploadStatus:

@@ -53,6 +53,15 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
 
 
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
 def parse_size(text: str) -> int:
     """``"16GiB"`` → 17179869184; plain integers are bytes."""
     m = _SIZE_RE.fullmatch(text)
@@ -86,6 +95,7 @@ class Settings:
     purge_interval: float = 3600.0
     reconcile_grace: float = 600.0
     reconcile_interval: float = 60.0
+    staging_fsync: bool = False
     log_level: str = "INFO"
     log_format: str = "json"
     max_manifest_size: int = 4 << 20
@@ -150,6 +160,8 @@ class Settings:
                     values[f.name] = parse_size(raw) if is_size else int(raw)
                 elif f.type in ("float", float):
                     values[f.name] = parse_duration(raw)
+                elif f.type in ("bool", bool):
+                    values[f.name] = _parse_bool(raw)
                 else:
                     values[f.name] = raw
             except ValueError as exc:

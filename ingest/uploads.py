@@ -108,16 +108,15 @@ class Staging:
     # -- sessions -------------------------------------------------------------------
 
     def create(self, repository: str) -> UploadInfo:
+        """A new, empty, open session. Creation is not fsync'd: a session lost to a
+        machine crash is simply unknown afterwards and the client starts again, as
+        with any registry; what must survive is a *commit*, and that is fsync'd."""
         validate_name(repository)
         info = UploadInfo(str(uuid.uuid4()), repository, self._clock())
         uid = info.id
-        self.driver.put_content(paths.upload_info_path(uid), _json(asdict(info)))
-        w = self.driver.writer(paths.upload_data_path(uid))
-        try:
-            w.commit()
-        finally:
-            w.close()
-        self.write_state(uid, UploadRecord(UploadState.OPEN, self._clock()))
+        self.driver.put_content(paths.upload_info_path(uid), _json(asdict(info)), durable=False)
+        self.driver.writer(paths.upload_data_path(uid)).close()
+        # No state.json yet: a session without one is open (see state()).
         return info
 
     def info(self, upload_id: str, repository: str | None = None) -> UploadInfo:
@@ -127,7 +126,11 @@ class Staging:
             raw = self.driver.get_content(paths.upload_info_path(upload_id))
         except PathNotFound:
             raise BlobUploadUnknown(detail={"upload_id": upload_id}) from None
-        info = UploadInfo(**json.loads(raw))
+        try:
+            info = UploadInfo(**json.loads(raw))
+        except (ValueError, TypeError):
+            # A torn or foreign record (crash mid-create): not a usable session.
+            raise BlobUploadUnknown("upload record unreadable", {"upload_id": upload_id}) from None
         if repository is not None and info.repository != repository:
             raise BlobUploadUnknown(detail={"upload_id": upload_id})
         return info
@@ -138,19 +141,31 @@ class Staging:
                 self.driver.get_content(paths.upload_state_path(upload_id))
             )
         except PathNotFound:
-            raise BlobUploadUnknown(detail={"upload_id": upload_id}) from None
+            pass
+        # Sessions start without a state file: then they are open.
+        info = self.info(upload_id)
+        return UploadRecord(UploadState.OPEN, info.started_at)
 
-    def write_state(self, upload_id: str, record: UploadRecord) -> None:
-        self.driver.put_content(paths.upload_state_path(upload_id), record.to_json())
+    def write_state(self, upload_id: str, record: UploadRecord, *, durable: bool = True) -> None:
+        self.driver.put_content(
+            paths.upload_state_path(upload_id), record.to_json(), durable=durable
+        )
 
     def transition(
-        self, upload_id: str, record: UploadRecord, state: UploadState, **changes: Any
+        self,
+        upload_id: str,
+        record: UploadRecord,
+        state: UploadState,
+        *,
+        durable: bool = True,
+        **changes: Any,
     ) -> UploadRecord:
-        """Write ``record`` moved to ``state`` with ``changes``; keeps a short history."""
+        """Write ``record`` moved to ``state`` with ``changes``; keeps a short history.
+        ``durable=False`` skips the fsyncs for states a rerun can re-derive."""
         now = self._clock()
         history = [*record.history, {"state": state.value, "at": now}][-20:]
         new = replace(record, state=state, updated_at=now, history=history, **changes)
-        self.write_state(upload_id, new)
+        self.write_state(upload_id, new, durable=durable)
         return new
 
     def result(self, upload_id: str) -> dict[str, Any] | None:
@@ -160,7 +175,9 @@ class Staging:
             return None
 
     def write_result(self, upload_id: str, result: dict[str, Any]) -> None:
-        self.driver.put_content(paths.upload_result_path(upload_id), _json(result))
+        # Not fsync'd: the blob and its links are durable before this is written,
+        # and a rerun of the (idempotent) commit rebuilds a result lost in a crash.
+        self.driver.put_content(paths.upload_result_path(upload_id), _json(result), durable=False)
 
     def size(self, upload_id: str) -> int:
         """Bytes staged so far (the next write offset)."""
@@ -210,10 +227,18 @@ class UploadWriter:
     process has called ``finish`` no more bytes can land in the staged blob.
     """
 
-    def __init__(self, staging: Staging, info: UploadInfo, *, max_size: int | None = None) -> None:
+    def __init__(
+        self,
+        staging: Staging,
+        info: UploadInfo,
+        *,
+        max_size: int | None = None,
+        sync_on_close: bool = False,
+    ) -> None:
         self._staging = staging
         self.info = info
         self.max_size = max_size
+        self.sync_on_close = sync_on_close
         self._writer: FileWriter | None = None
         self._closed = False
 
@@ -311,12 +336,15 @@ class UploadWriter:
             self._writer.commit()
 
     def close(self) -> None:
-        """Release the handle (data written stays staged). Idempotent."""
+        """Release the handle (data written stays staged). Idempotent. Fsyncs first
+        only with ``sync_on_close``: the commit fsyncs the blob before it becomes
+        visible, so per-request fsyncs buy only faster recovery after a machine crash."""
         self._closed = True
         if self._writer is not None:
             w, self._writer = self._writer, None
             try:
-                w.commit()
+                if self.sync_on_close:
+                    w.commit()
             finally:
                 w.close()
 

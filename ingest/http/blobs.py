@@ -194,8 +194,8 @@ async def start_upload(request: Request) -> Response:
         claimed = str(parse_digest(digest))
     up = await run_in_threadpool(ing.start_upload, name)
     if digest:
-        await _stream_body(request, up)
-        ticket = await run_in_threadpool(ing.finish, name, up.id, claimed)
+        up = await _append(request, ing, name, up.id)
+        ticket = await run_in_threadpool(ing._finish, up.info, claimed, None)
         return await _wait_for_commit(request, ticket, name)
     return Response(status_code=202, headers=_upload_headers(name, up.id, 0))
 
@@ -222,32 +222,101 @@ def _open_upload(ing: Ingest, name: str, upload_id: str) -> Upload:
     return ing.resume(name, upload_id)
 
 
+def _check_range(up: Upload, crange: str, length: int | None) -> int:
+    """Check a chunk's Content-Range against the upload; return the current offset."""
+    start, end = _parse_content_range(crange)
+    offset = up.offset
+    if start != offset:
+        raise RangeInvalid(
+            f"chunk starts at {start}, upload has {offset} bytes",
+            {"offset": offset, "requested": start, "upload_id": up.id},
+        )
+    if length is not None and length != end - start + 1:
+        raise RangeInvalid(
+            "Content-Range does not match Content-Length",
+            {"offset": offset, "upload_id": up.id},
+        )
+    return offset
+
+
+def _small_body(request: Request) -> int | None:
+    """The length of a body small enough to take in one piece (≤ FLUSH_SIZE, the
+    size the streaming path buffers anyway), or None to stream it."""
+    length = _content_length(request)
+    chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+    if length is None or chunked or length > FLUSH_SIZE:
+        return None
+    return length
+
+
+async def _read_small(request: Request, length: int) -> bytes:
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > length:
+                break
+    except ClientDisconnect:
+        pass
+    if len(body) != length:
+        raise SizeInvalid(
+            "request body does not match Content-Length",
+            {"content_length": length, "received": len(body)},
+        )
+    metrics.UPLOAD_BYTES.inc(length)
+    return bytes(body)
+
+
+def _append_small(
+    ing: Ingest, name: str, upload_id: str, body: bytes, crange: str | None
+) -> Upload:
+    """Open, check the range, append and close in one go (one thread hop)."""
+    up = _open_upload(ing, name, upload_id)
+    try:
+        if crange is not None:
+            _check_range(up, crange, len(body))
+        if body:
+            up.write(body)
+    finally:
+        up.close()
+    return up
+
+
+async def _append(request: Request, ing: Ingest, name: str, upload_id: str) -> Upload:
+    """Append the request body to the upload: small bodies in one piece, others streamed."""
+    crange = request.headers.get("content-range")
+    small = _small_body(request)
+    if small is not None:
+        body = await _read_small(request, small)
+        return await run_in_threadpool(_append_small, ing, name, upload_id, body, crange)
+    up = await run_in_threadpool(_open_upload, ing, name, upload_id)
+    if crange is not None:
+        try:
+            await run_in_threadpool(_check_range, up, crange, _content_length(request))
+        except BaseException:
+            up.close()
+            raise
+    await _stream_body(request, up)
+    return up
+
+
 async def patch_upload(request: Request) -> Response:
     """PATCH — append a chunk (Content-Range optional; Content-Length or chunked)."""
     name = _name(request)
     ing = _ingest(request)
-    upload_id = request.path_params["upload_id"]
-    up = await run_in_threadpool(_open_upload, ing, name, upload_id)
-    crange = request.headers.get("content-range")
-    if crange is not None:
-        start, end = _parse_content_range(crange)
-        offset = await run_in_threadpool(lambda: up.offset)
-        if start != offset:
-            up.close()
-            raise RangeInvalid(
-                f"chunk starts at {start}, upload has {offset} bytes",
-                {"offset": offset, "requested": start, "upload_id": upload_id},
-            )
-        length = _content_length(request)
-        if length is not None and length != end - start + 1:
-            up.close()
-            raise RangeInvalid(
-                "Content-Range does not match Content-Length",
-                {"offset": offset, "upload_id": upload_id},
-            )
-    await _stream_body(request, up)
+    upload_id = validate_upload_id(request.path_params["upload_id"])
+    await _append(request, ing, name, upload_id)
     offset = await run_in_threadpool(ing.staging.size, upload_id)
     return Response(status_code=202, headers=_upload_headers(name, upload_id, offset))
+
+
+def _append_and_finish(
+    ing: Ingest, name: str, upload_id: str, body: bytes, crange: str | None, claimed: str
+) -> Ticket:
+    if body or crange is not None:
+        up = _append_small(ing, name, upload_id, body, crange)
+        return ing._finish(up.info, claimed, None)
+    return ing.finish(name, upload_id, claimed)
 
 
 async def put_upload(request: Request) -> Response:
@@ -256,25 +325,17 @@ async def put_upload(request: Request) -> Response:
     ing = _ingest(request)
     upload_id = validate_upload_id(request.path_params["upload_id"])
     claimed = _claimed_digest(request)
-    await run_in_threadpool(ing.staging.info, upload_id, name)
-    length = _content_length(request)
-    has_body = (length or 0) > 0 or "chunked" in request.headers.get(
-        "transfer-encoding", ""
-    ).lower()
-    if has_body:
-        up = await run_in_threadpool(_open_upload, ing, name, upload_id)
-        crange = request.headers.get("content-range")
-        if crange is not None:
-            start, _ = _parse_content_range(crange)
-            offset = await run_in_threadpool(lambda: up.offset)
-            if start != offset:
-                up.close()
-                raise RangeInvalid(
-                    f"chunk starts at {start}, upload has {offset} bytes",
-                    {"offset": offset, "requested": start, "upload_id": upload_id},
-                )
-        await _stream_body(request, up)
-    ticket = await run_in_threadpool(ing.finish, name, upload_id, claimed)
+    small = _small_body(request)
+    if small is not None:
+        # The common case (a monolithic small blob, or an empty closing PUT): one hop.
+        body = await _read_small(request, small) if small else b""
+        crange = request.headers.get("content-range") if body else None
+        ticket = await run_in_threadpool(
+            _append_and_finish, ing, name, upload_id, body, crange, claimed
+        )
+    else:
+        up = await _append(request, ing, name, upload_id)
+        ticket = await run_in_threadpool(ing._finish, up.info, claimed, None)
     return await _wait_for_commit(request, ticket, name)
 
 

@@ -110,9 +110,11 @@ class StorageDriver(Protocol):
     def get_content(self, path: str) -> bytes:
         """The whole object; for small objects only. PathNotFound if missing."""
 
-    def put_content(self, path: str, content: bytes) -> None:
+    def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         """Store ``content`` atomically: readers see the old object or the new one,
-        never a part; it is durable when this returns. Creates parent directories."""
+        never a part. With ``durable`` (the default) it survives a machine crash
+        once this returns; without, only a process crash (no fsync: for records
+        that can be rebuilt). Creates parent directories."""
 
     def reader(self, path: str, offset: int = 0) -> BinaryIO:
         """A seekable binary file positioned at ``offset``. PathNotFound if missing;

@@ -1,9 +1,10 @@
 """A storage driver over a local (or shared, e.g. NFS) directory tree.
 
 Durability: ``put_content`` writes a temporary file next to the target, fsyncs
-it, renames it into place and fsyncs the directory; ``move`` fsyncs the source
-before renaming and the directories after. A crash therefore leaves either the
-old or the new object, plus at worst a stray ``.tmp-*`` file for the purge job.
+it, renames it into place and fsyncs the directory (``durable=False`` skips the
+fsyncs, for records that can be rebuilt); ``move`` fsyncs the source before
+renaming and the directories after. A crash therefore leaves either the old or
+the new object, plus at worst a stray ``.tmp-*`` file for the purge job.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class FilesystemDriver:
     def _full(self, path: str) -> Path:
         return self.root / check_path(path).lstrip("/")
 
-    def _makedirs(self, directory: Path) -> None:
+    def _makedirs(self, directory: Path, *, durable: bool = True) -> None:
         # Create missing parents and fsync each new entry's parent, so a fresh
         # directory chain survives a crash together with the file put in it.
         missing: list[Path] = []
@@ -121,7 +122,8 @@ class FilesystemDriver:
         for m in reversed(missing):
             with contextlib.suppress(FileExistsError):
                 m.mkdir()
-            _fsync_dir(m.parent)
+            if durable:
+                _fsync_dir(m.parent)
 
     def get_content(self, path: str) -> bytes:
         full = self._full(path)
@@ -130,10 +132,10 @@ class FilesystemDriver:
                 raise PathNotFound(path, "is a directory")
             return full.read_bytes()
 
-    def put_content(self, path: str, content: bytes) -> None:
+    def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         full = self._full(path)
         with _mapped(path):
-            self._makedirs(full.parent)
+            self._makedirs(full.parent, durable=durable)
             # Fixed-length name: a target name near NAME_MAX must still fit.
             tmp = full.with_name(f"{TMP_MARKER}{secrets.token_hex(8)}")
             try:
@@ -142,13 +144,15 @@ class FilesystemDriver:
                     while view:
                         n = f.write(view)
                         view = view[n or 0 :]
-                    os.fsync(f.fileno())
+                    if durable:
+                        os.fsync(f.fileno())
                 os.replace(tmp, full)
             except BaseException:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                 raise
-            _fsync_dir(full.parent)
+            if durable:
+                _fsync_dir(full.parent)
 
     def reader(self, path: str, offset: int = 0) -> BinaryIO:
         full = self._full(path)
@@ -173,7 +177,9 @@ class FilesystemDriver:
                 if not full.is_file():
                     raise PathNotFound(path, "not found")
             else:
-                self._makedirs(full.parent)
+                # Durability of staged bytes comes from commit() and the fsync in
+                # move(); the directory entry needs no sync of its own here.
+                self._makedirs(full.parent, durable=False)
             return _FileWriter(full, path, append)
 
     def stat(self, path: str) -> FileInfo:

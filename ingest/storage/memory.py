@@ -71,7 +71,7 @@ class MemoryDriver:
             except KeyError:
                 raise PathNotFound(path, "not found") from None
 
-    def put_content(self, path: str, content: bytes) -> None:
+    def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         with self._lock:
             self._objects[check_path(path)] = bytearray(content)
             self._mtimes[path] = time.time()

@@ -116,7 +116,7 @@ def test_duplicate_delivery_and_double_finish_commit_exactly_once(shared_stack: 
     up.write(data)
     up.close()
     t1 = ing.resume("it/dup", up.id).finish(sha256(data))
-    t2 = ing._finish(up.id, sha256(data), None)  # the client calls finish again
+    t2 = ing.finish("it/dup", up.id, sha256(data))  # the client calls finish again
     assert t2.task_id == t1.task_id
     # The broker delivers the very same task message twice more.
     app = ing.queue.app  # type: ignore[attr-defined]

@@ -206,6 +206,7 @@ def test_mark_failed_never_overrides_a_committed_upload(driver: StorageDriver) -
 def test_progress_starts_at_zero_and_is_reported_at_most_once_a_second(
     driver: StorageDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("ingest.commit.PROGRESS_MIN_SIZE", 0)  # treat this blob as large
     clock = [0.0]
 
     def monotonic() -> float:
@@ -238,6 +239,7 @@ def test_progress_is_reported_for_every_chunk_when_the_interval_is_zero(
     driver: StorageDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(commit, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(commit, "PROGRESS_MIN_SIZE", 0)
     data = b"x" * 10_000
     driver.put_content("/staged/data", data)
     reports: list[tuple[int, int]] = []
@@ -351,3 +353,18 @@ def test_an_upload_modified_after_finish_is_recorded_as_failed_and_can_be_retrie
         commit_upload(driver, uid, sha256(DATA + b"late"), None, task_id=tid)
     assert ing.staging.state(uid).state is UploadState.FAILED
     assert ing.retry(uid).wait()["size"] == len(DATA) + 4
+
+
+def test_small_blobs_send_no_start_progress_report(driver: StorageDriver) -> None:
+    ing, _ = make_ingest(driver)
+    uid, tid = _finished(ing, DATA, sha256(DATA))
+    reports: list[tuple[int, int]] = []
+    commit_upload(
+        driver,
+        uid,
+        sha256(DATA),
+        None,
+        task_id=tid,
+        progress=lambda done, total: reports.append((done, total)),
+    )
+    assert reports == []

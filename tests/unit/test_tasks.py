@@ -117,8 +117,11 @@ def test_retries_are_bounded_and_the_final_failure_is_recorded(
 
 
 def test_progress_is_reported_as_a_custom_state_with_bytes_done_and_total(
-    storage: FilesystemDriver, progress_calls: list[dict[str, Any]]
+    storage: FilesystemDriver,
+    progress_calls: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr("ingest.commit.PROGRESS_MIN_SIZE", 0)
     data = b"p" * 5000
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     uid = staged(storage, data, digest)

@@ -265,10 +265,10 @@ def test_patch_body_shorter_than_content_length(env: Env) -> None:
     r = env.client.patch(loc, content=b"abcd", headers={"Content-Length": "10"})
     detail = assert_error(r, 400, "SIZE_INVALID")
     assert detail == {"content_length": 10, "received": 4}
-    # What arrived is kept (the handler treats it like a disconnect); the client
-    # learns the offset from a GET on the session.
-    assert env.client.get(loc).headers["range"] == "0-3"
-    assert env.ingest.staging.size(upload_id) == 4
+    # A small chunk is taken whole or not at all; the client learns the offset
+    # (unchanged) from a GET on the session and sends the chunk again.
+    assert env.ingest.staging.size(upload_id) == 0
+    assert env.client.get(loc).headers["range"] == "0-0"
 
 
 def test_patch_unknown_upload(env: Env) -> None:
