@@ -9,6 +9,7 @@ cd "$ROOT"
 # Real OCI clients for the frontend's integration tests (Debian packages).
 need=()
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${need[*]}"
