@@ -24,7 +24,7 @@ from typing import Any
 
 from ingest.blobs import BlobInfo, BlobReader, BlobStore
 from ingest.config import Settings
-from ingest.digests import new_verifier, parse_digest
+from ingest.digests import Digest, new_verifier, parse_digest
 from ingest.errors import BlobUploadInvalid, SizeInvalid, StorageUnavailable
 from ingest.queue import CeleryTaskQueue, TaskQueue
 from ingest.storage.base import StorageDriver
@@ -132,8 +132,13 @@ class Ingest:
     def start_upload(self, repository: str) -> Upload:
         return Upload(self, self.staging.create(repository))
 
-    def resume(self, repository: str, upload_id: str) -> Upload:
-        """Reopen an upload created by any process sharing the storage."""
+    def resume(self, repository: str, upload_id: str, *, immediate: bool = False) -> Upload:
+        """Reopen an upload created by any process sharing the storage.
+
+        ``immediate``: the handle is used at once and briefly (one request), so its
+        first write may trust the state read here instead of reading it again. A
+        long-lived handle must not: another process may finish the upload meanwhile.
+        """
         info = self.staging.info(upload_id, repository)
         record = self.staging.state(upload_id)
         if record.state is not UploadState.OPEN:
@@ -141,7 +146,10 @@ class Ingest:
                 f"upload is {record.state.value}",
                 {"upload_id": upload_id, "state": record.state.value},
             )
-        return Upload(self, info)
+        up = Upload(self, info)
+        if immediate:
+            up.known_record = record
+        return up
 
     def finish(
         self, repository: str, upload_id: str, digest: str, size: int | None = None
@@ -150,12 +158,18 @@ class Ingest:
         ``Upload.finish``, and also allowed again after a failed verification."""
         return self._finish(self.staging.info(upload_id, repository), digest, size)
 
-    def _finish(self, info: UploadInfo, digest: str, size: int | None) -> Ticket:
+    def _finish(
+        self, info: UploadInfo, digest: str, size: int | None, *, known: UploadRecord | None = None
+    ) -> Ticket:
+        """``known``: the record the caller's handle just saw open, which saves
+        re-reading it (an open upload has no result yet)."""
         upload_id = info.id
         claimed = parse_digest(digest)
         new_verifier(claimed)  # unsupported tarsum labels fail now, not in a worker
         if size is not None and size < 0:
             raise SizeInvalid("size must not be negative", {"size": size})
+        if known is not None and known.state is UploadState.OPEN:
+            return self._finish_open(info, known, claimed, size)
         done = self.staging.result(upload_id)
         if done is not None:
             if done.get("digest") != str(claimed):
@@ -172,6 +186,12 @@ class Ingest:
                 "upload is already being verified",
                 {"upload_id": upload_id, "state": record.state.value},
             )
+        return self._finish_open(info, record, claimed, size)
+
+    def _finish_open(
+        self, info: UploadInfo, record: UploadRecord, claimed: Digest, size: int | None
+    ) -> Ticket:
+        upload_id = info.id
         staged = self.staging.size(upload_id)
         if size is not None and size != staged:
             raise SizeInvalid(

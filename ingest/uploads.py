@@ -239,6 +239,9 @@ class UploadWriter:
         self.info = info
         self.max_size = max_size
         self.sync_on_close = sync_on_close
+        #: The lifecycle record as last read (or known) by this handle.
+        self.known_record: UploadRecord | None = None
+        self.last_record: UploadRecord | None = None
         self._writer: FileWriter | None = None
         self._closed = False
 
@@ -272,7 +275,10 @@ class UploadWriter:
 
     def _writable(self) -> FileWriter:
         self._check_open_handle()
-        record = self._staging.state(self.id)
+        # A record read by whoever opened this handle a moment ago stands for the
+        # first write; every later write reads the state again.
+        record, self.known_record = self.known_record or self._staging.state(self.id), None
+        self.last_record = record
         if record.state is not UploadState.OPEN:
             raise BlobUploadInvalid(
                 f"upload is {record.state.value}; it takes no more data",

@@ -219,7 +219,7 @@ def _mount(ing: Ingest, name: str, source: str, digest: str) -> str | None:
 
 def _open_upload(ing: Ingest, name: str, upload_id: str) -> Upload:
     validate_upload_id(upload_id)
-    return ing.resume(name, upload_id)
+    return ing.resume(name, upload_id, immediate=True)  # one request: no re-read before writing
 
 
 def _check_range(up: Upload, crange: str, length: int | None) -> int:
@@ -315,7 +315,7 @@ def _append_and_finish(
 ) -> Ticket:
     if body or crange is not None:
         up = _append_small(ing, name, upload_id, body, crange)
-        return ing._finish(up.info, claimed, None)
+        return ing._finish(up.info, claimed, None, known=up.last_record)
     return ing.finish(name, upload_id, claimed)
 
 
