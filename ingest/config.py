@@ -53,6 +53,26 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
 
 
+def read_env_file(path: str) -> dict[str, str]:
+    """``NAME=value`` lines; ConfigError naming the file and line on anything else."""
+    out: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"INGEST_CONFIG_FILE={path!r}: {exc.strerror or exc}") from None
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+            raise ConfigError(f"{path}:{number}: expected NAME=value, got {text[:60]!r}")
+        out[name] = value.strip().strip('"').strip("'")
+    return out
+
+
 def _parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -139,7 +159,14 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], prefix: str = "INGEST_") -> Settings:
-        """Build settings from ``environ``; raise ConfigError naming a bad variable."""
+        """Build settings from ``environ``; raise ConfigError naming a bad variable.
+
+        ``INGEST_CONFIG_FILE`` may name a file of ``NAME=value`` lines (``#``
+        comments, blank lines allowed) read first; the environment overrides it.
+        """
+        file_name = environ.get(prefix + "CONFIG_FILE")
+        if file_name:
+            environ = {**read_env_file(file_name), **environ}
         values: dict[str, object] = {}
         if environ.get("REDIS_URL"):
             values["redis_url"] = environ["REDIS_URL"]

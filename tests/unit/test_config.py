@@ -161,3 +161,37 @@ def test_time_limit_scales_with_size_and_is_capped_at_the_maximum() -> None:
     sizes = [0, 1, rate, 5 * rate, 100 * rate, s.max_blob_size]
     limits = [s.time_limit(n) for n in sizes]
     assert limits == sorted(limits)
+
+
+def test_a_config_file_is_read_and_the_environment_overrides_it(tmp_path: Path) -> None:
+    f = tmp_path / "ingest.env"
+    f.write_text(
+        "# production\nINGEST_MAX_BLOB_SIZE=2GiB\nREDIS_URL='redis://cache:6379/1'\n\n"
+        "INGEST_TASK_MAX_RETRIES=7\n"
+    )
+    s = Settings.from_env({"INGEST_CONFIG_FILE": str(f), "INGEST_TASK_MAX_RETRIES": "3"})
+    assert s.max_blob_size == 2 << 30
+    assert s.redis_url == "redis://cache:6379/1"
+    assert s.task_max_retries == 3
+
+
+@pytest.mark.parametrize("content", ["just words\n", "lower=case\n", "=x\n"])
+def test_a_malformed_config_file_names_the_file_and_line(tmp_path: Path, content: str) -> None:
+    f = tmp_path / "bad.env"
+    f.write_text("INGEST_LOG_LEVEL=INFO\n" + content)
+    with pytest.raises(ConfigError, match=r"bad\.env:2"):
+        Settings.from_env({"INGEST_CONFIG_FILE": str(f)})
+
+
+def test_a_missing_config_file_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="INGEST_CONFIG_FILE"):
+        Settings.from_env({"INGEST_CONFIG_FILE": "/nonexistent/ingest.env"})
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("INGEST_LOG_FORMAT", "xml"), ("INGEST_LOG_LEVEL", "LOUD"), ("INGEST_STAGING_FSYNC", "maybe")],
+)
+def test_bad_logging_and_fsync_values_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=var):
+        Settings.from_env({var: value})
