@@ -152,6 +152,9 @@ def _default_repository(file: IO[bytes]) -> str:
     help="Frontend URL [INGEST_URL].",
 )
 @click.option("--timeout", type=float, default=600.0, show_default=True)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a TTY)."
+)
 @pass_ctx
 @reports_errors
 def push(
@@ -163,6 +166,7 @@ def push(
     chunk_size: str,
     url: str,
     timeout: float,
+    progress: bool | None,
 ) -> None:
     """Upload FILE ('-' for stdin) through the HTTP API and wait for its verification."""
     from ingest.client import RegistryClient
@@ -181,7 +185,7 @@ def push(
         raise click.BadParameter(str(exc), param_hint="--chunk-size") from None
     repo = repository or _default_repository(file)
     size = _size_of(file)
-    quiet = obj.as_json or not sys.stderr.isatty()
+    quiet = not progress if progress is not None else (obj.as_json or not sys.stderr.isatty())
     up_bar: ProgressBar[int]
     with (
         RegistryClient(url) as client,
@@ -225,13 +229,28 @@ def _size_of(file: IO[bytes]) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
+_URL_OPTION = click.option(
+    "--url",
+    envvar="INGEST_URL",
+    default=None,
+    help="Ask this frontend's ingest API [INGEST_URL] instead of the storage and Redis directly.",
+)
+
+
 @cli.command()
 @click.argument("upload_id")
+@_URL_OPTION
 @pass_ctx
 @reports_errors
-def status(obj: Context, upload_id: str) -> None:
+def status(obj: Context, upload_id: str, url: str | None) -> None:
     """Show an upload's state, progress and outcome."""
-    st = obj.ingest.status(upload_id).to_dict()
+    if url:
+        from ingest.client import RegistryClient
+
+        with RegistryClient(url) as client:
+            st = client.status(upload_id)
+    else:
+        st = obj.ingest.status(upload_id).to_dict()
     lines = [
         f"{k}: {json.dumps(v, sort_keys=True) if isinstance(v, dict) else v}" for k, v in st.items()
     ]
@@ -248,6 +267,7 @@ def status(obj: Context, upload_id: str) -> None:
 @click.option("--code", help="With --failed: only failures with this error code.")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.option("--timeout", type=float, default=300.0, show_default=True)
+@_URL_OPTION
 @pass_ctx
 @reports_errors
 def retry(
@@ -259,12 +279,25 @@ def retry(
     code: str | None,
     wait: bool,
     timeout: float,
+    url: str | None,
 ) -> None:
     """Re-enqueue the failed verification of UPLOAD_ID, or of every failed upload."""
     if all_failed == bool(upload_id):
         raise click.UsageError("give either UPLOAD_ID or --failed")
     if all_failed:
         _retry_failed(obj, since, code)
+        return
+    assert upload_id is not None
+    if url:
+        from ingest.client import RegistryClient
+
+        with RegistryClient(url) as client:
+            task_id = client.retry(upload_id, digest)
+            if not wait:
+                obj.emit({"upload_id": upload_id, "task_id": task_id}, f"queued {task_id}")
+                return
+            result = client.wait(upload_id, timeout=timeout)
+        obj.emit(result, f"committed {result['repository']}@{result['digest']}")
         return
     ticket = obj.ingest.retry(upload_id, digest)
     if not wait:

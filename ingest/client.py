@@ -120,6 +120,12 @@ class RegistryClient:
         upload_id = resp.headers.get("docker-upload-uuid", upload_id)
         return self.wait(upload_id, timeout=timeout, on_verify=on_verify)
 
+    def retry(self, upload_id: str, digest: str | None = None) -> str:
+        """Re-enqueue a failed verification; returns the new task id."""
+        body = {"digest": digest} if digest else {}
+        data = self._request("POST", f"/ingest/v1/uploads/{upload_id}/retry", json=body).json()
+        return str(data["task_id"])
+
     def status(self, upload_id: str) -> dict[str, Any]:
         data = self._request("GET", f"/ingest/v1/uploads/{upload_id}").json()
         assert isinstance(data, dict)

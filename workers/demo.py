@@ -25,7 +25,7 @@ from pathlib import Path
 from ingest.api import Ingest
 from ingest.config import Settings
 from ingest.errors import IngestError
-from workers.devstack import Frontend, Worker
+from workers.devstack import Frontend, Service, Worker
 from workers.localredis import LocalRedis, free_port
 
 
@@ -64,6 +64,24 @@ def main(argv: list[str] | None = None) -> int:
         port = args.port or (5000 if _port_free(5000) else free_port())
         frontend = stack.enter_context(Frontend(env, logs / "frontend.log", port=port))
         print(f"registry: {frontend.url} (logs in {logs})")
+        flower_port = 5555 if _port_free(5555) else free_port()
+        celery = [sys.executable, "-m", "celery", "-A", "workers.app"]
+        stack.enter_context(
+            Service(
+                [*celery, "flower", "--address=127.0.0.1", f"--port={flower_port}"],
+                env,
+                logs / "flower.log",
+                port=flower_port,
+            )
+        )
+        print(f"flower:   http://127.0.0.1:{flower_port}")
+        stack.enter_context(
+            Service(
+                [*celery, "beat", "--schedule", str(logs / "celerybeat-schedule")],
+                env,
+                logs / "beat.log",
+            )
+        )
 
         ing = Ingest.from_settings(Settings.from_env({**os.environ, **env}))
         data = _sample(args.size)
@@ -98,10 +116,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         host = frontend.url.removeprefix("http://")
         print(
-            f"\nServing {frontend.url} -- Ctrl-C to stop. Try:\n"
-            f"  curl -s {frontend.url}/v2/demo/http/blobs/{pushed.split()[-1]} | sha256sum\n"
+            f"\nServing {frontend.url} -- Ctrl-C to stop. In another shell:\n"
+            f"  export INGEST_URL={frontend.url}\n"
+            f"  .venv/bin/ingest push FILE --repo demo/files         # progress bars\n"
+            f"  .venv/bin/ingest push FILE --digest sha256:{'0' * 64}  # DIGEST_INVALID\n"
+            f"  .venv/bin/ingest status UPLOAD_ID; .venv/bin/ingest retry UPLOAD_ID --digest D\n"
             f"  skopeo copy --dest-tls-verify=false oci:DIR:TAG docker://{host}/REPO:TAG\n"
-            f"  curl -s {frontend.url}/ingest/v1/uploads/{up.id}"
+            f"  Flower: http://127.0.0.1:{flower_port}"
         )
         try:
             while frontend.process is not None and frontend.process.poll() is None:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Frontend", "Worker"]
+__all__ = ["Frontend", "Service", "Worker"]
 
 
 class Worker:
@@ -229,6 +229,75 @@ class Frontend:
         self.process = None
 
     def __enter__(self) -> Frontend:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class Service:
+    """Any long-running helper process (beat, Flower), stopped with its process group."""
+
+    def __init__(
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        logfile: str | os.PathLike[str],
+        *,
+        port: int | None = None,
+    ) -> None:
+        self.args = args
+        self.env = {**os.environ, **env}
+        self.logfile = Path(logfile)
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> Service:
+        import socket
+
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.logfile, "ab") as out:
+            self.process = subprocess.Popen(
+                self.args,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if self.port is None:
+            return self
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.args[:4]} exited with {self.process.returncode}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+            ):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.args[:4]} not listening on port {self.port}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        p = self.process
+        if p is None:
+            return
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.process = None
+
+    def __enter__(self) -> Service:
         return self.start()
 
     def __exit__(

@@ -165,3 +165,47 @@ def test_usage_and_configuration_errors_are_exit_2(shared_stack: Stack) -> None:
     )
     assert bad.returncode == 2
     assert "INGEST_MAX_BLOB_SIZE" in bad.stderr
+
+
+def test_the_readme_walkthrough_push_break_see_and_retry_over_http_only(
+    shared_stack: Stack, url: str, tmp_path: Path
+) -> None:
+    # Only the frontend URL: no Redis or storage reachable from this shell.
+    env = {
+        **os.environ,
+        "INGEST_URL": url,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "INGEST_STORAGE_ROOT": str(tmp_path / "not-the-storage"),
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ingest.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    data = os.urandom(2 * 1024 * 1024)
+    f = tmp_path / "walk.bin"
+    f.write_bytes(data)
+    ok = cli("push", str(f), "--repo", "cli/walk", "--progress", "--chunk-size", "512KiB")
+    assert ok.returncode == 0, ok.stderr
+    assert "upload" in ok.stderr  # the upload progress bar
+    assert "verify" in ok.stderr  # then the verification's
+    assert f"committed cli/walk@{sha256(data)}" in ok.stdout
+
+    broken = cli("push", str(f), "--repo", "cli/walk", "--digest", sha256(b"typo"))
+    assert broken.returncode == 3
+    assert "DIGEST_INVALID" in broken.stderr
+    upload_id = broken.stderr.split('"upload_id": "', 1)[1].split('"', 1)[0]
+
+    seen = cli("--json", "status", upload_id)
+    assert seen.returncode == 0, seen.stderr
+    assert json.loads(seen.stdout)["error"]["code"] == "DIGEST_INVALID"
+
+    fixed = cli("--json", "retry", upload_id, "--digest", sha256(data))
+    assert fixed.returncode == 0, fixed.stderr
+    assert json.loads(fixed.stdout)["status"] == "committed"
