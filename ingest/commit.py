@@ -126,14 +126,22 @@ def compute_digests(
     return Computed(canonical_digest, claimed_digest, size)
 
 
-def mark_failed(staging: Staging, upload_id: str, error: IngestError) -> None:
-    """Record a failed verification (unless the upload committed meanwhile)."""
+def mark_failed(
+    staging: Staging, upload_id: str, error: IngestError, task_id: str | None = None
+) -> None:
+    """Record a failed verification -- unless the upload committed meanwhile, or (with
+    ``task_id``) a newer attempt owns it: a late report of an old attempt must not
+    overwrite a retry that is already under way."""
     if staging.result(upload_id) is not None:
         return
     try:
         record = staging.state(upload_id)
     except BlobUploadUnknown:
         return
+    if task_id is not None and record.task_id is not None and record.task_id != task_id:
+        return
+    if record.state is UploadState.FAILED and record.error == error.to_dict():
+        return  # already recorded (the task body records before the result is visible)
     staging.transition(upload_id, record, UploadState.FAILED, error=error.to_dict())
 
 
@@ -206,7 +214,7 @@ def commit_upload(
                 # Name the upload, so whoever sees the error can retry it.
                 exc.detail.setdefault("upload_id", upload_id)
                 exc.args = (exc.message, exc.detail)
-                mark_failed(staging, upload_id, exc)
+                mark_failed(staging, upload_id, exc, task_id)
                 raise
             verified = {
                 "canonical": computed.canonical,

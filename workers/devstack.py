@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 __all__ = ["Frontend", "Service", "Worker"]
 
@@ -140,105 +141,11 @@ class Worker:
         self.stop()
 
 
-class Frontend:
-    """An ``ingest serve`` subprocess (uvicorn) on a loopback port."""
-
-    def __init__(
-        self,
-        env: Mapping[str, str],
-        logfile: str | os.PathLike[str],
-        *,
-        port: int,
-        processes: int = 1,
-    ) -> None:
-        self.env = {**os.environ, **env}
-        self.logfile = Path(logfile)
-        self.port = port
-        self.processes = processes
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> Frontend:
-        import socket
-
-        self.logfile.parent.mkdir(parents=True, exist_ok=True)
-        args = [
-            sys.executable,
-            "-m",
-            "ingest.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            str(self.processes),
-            "--log-level",
-            "warning",
-        ]
-        with open(self.logfile, "ab") as out:
-            self.process = subprocess.Popen(
-                args,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"frontend exited with {self.process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    if s.recv(64).startswith(b"HTTP/1.1 200"):
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"frontend not ready on port {self.port}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        p = self.process
-        if p is None:
-            return
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL the frontend's process group, as a crash would."""
-        p = self.process
-        if p is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-        self.process = None
-
-    def __enter__(self) -> Frontend:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
 class Service:
-    """Any long-running helper process (beat, Flower), stopped with its process group."""
+    """A long-running helper process (frontend, beat, Flower) in its own process group.
+
+    With ``port``, ``start`` waits until :meth:`ready` is true.
+    """
 
     def __init__(
         self,
@@ -254,9 +161,17 @@ class Service:
         self.port = port
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> Service:
+    def ready(self) -> bool:
         import socket
 
+        assert self.port is not None
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 30.0) -> Self:
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         with open(self.logfile, "ab") as out:
             self.process = subprocess.Popen(
@@ -273,14 +188,11 @@ class Service:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.args[:4]} exited with {self.process.returncode}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
-            ):
+            if self.ready():
                 return self
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"{self.args[:4]} not listening on port {self.port}")
+        raise RuntimeError(f"{self.args[:4]} not ready on port {self.port}")
 
     def stop(self, timeout: float = 10.0) -> None:
         p = self.process
@@ -292,15 +204,66 @@ class Service:
             try:
                 p.wait(timeout)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+                self.kill()
         self.process = None
 
-    def __enter__(self) -> Service:
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash would."""
+        p = self.process
+        if p is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        self.process = None
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class Frontend(Service):
+    """An ``ingest serve`` subprocess (uvicorn) on a loopback port."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        logfile: str | os.PathLike[str],
+        *,
+        port: int,
+        processes: int = 1,
+    ) -> None:
+        args = [
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(processes),
+            "--log-level",
+            "warning",
+        ]
+        super().__init__(args, env, logfile, port=port)
+        self.processes = processes
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ready(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port or 0), timeout=0.5) as s:
+                s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return s.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False

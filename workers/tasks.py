@@ -14,6 +14,7 @@ All retry and time-limit policy lives in :class:`IngestTask`, not in task bodies
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from functools import cache
 from typing import Any
@@ -67,7 +68,8 @@ class IngestTask(Task[Any, Any]):
             else Unknown("verification failed unexpectedly", {"error": type(exc).__name__})
         )
         try:
-            mark_failed(Staging(_driver(_settings().storage_root)), str(args[0]), error)
+            # Normally already recorded by the task body; this catches the rest.
+            mark_failed(Staging(_driver(_settings().storage_root)), str(args[0]), error, task_id)
         except Exception:
             log.exception("could not record failure of upload %s", args[0])
 
@@ -99,9 +101,10 @@ def verify_upload(
         except Exception:
             log.debug("progress report failed", exc_info=True)
 
+    driver = _driver(settings.storage_root)
     try:
         return commit_upload(
-            _driver(settings.storage_root),
+            driver,
             upload_id,
             digest,
             size,
@@ -110,8 +113,27 @@ def verify_upload(
             chunk_size=settings.verify_chunk,
             limits=settings.verifier_limits(),
         )
-    except SoftTimeLimitExceeded:
-        raise VerificationTimeout(detail={"upload_id": upload_id}) from None
+    except Exception as exc:
+        # Record the outcome in storage *before* Celery publishes the failure, so a
+        # client that sees FAILURE and retries at once finds the upload failed.
+        final = _final_error(self, exc, upload_id)
+        if final is not None:
+            with contextlib.suppress(Exception):
+                mark_failed(Staging(driver), upload_id, final, self.request.id)
+        if isinstance(exc, SoftTimeLimitExceeded):
+            raise VerificationTimeout(detail={"upload_id": upload_id}) from None
+        raise
+
+
+def _final_error(task: IngestTask, exc: Exception, upload_id: str) -> IngestError | None:
+    """The error to record if ``exc`` ends this verification (None if it will retry)."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return VerificationTimeout(detail={"upload_id": upload_id})
+    if isinstance(exc, StorageUnavailable):
+        return exc if task.request.retries >= (task.max_retries or 0) else None
+    if isinstance(exc, IngestError):
+        return exc
+    return Unknown("verification failed unexpectedly", {"error": type(exc).__name__})
 
 
 @app.task(name=TASK_RECONCILE, acks_late=True)

@@ -368,3 +368,21 @@ def test_small_blobs_send_no_start_progress_report(driver: StorageDriver) -> Non
         progress=lambda done, total: reports.append((done, total)),
     )
     assert reports == []
+
+
+def test_a_late_failure_report_of_an_old_attempt_does_not_clobber_a_retry(
+    driver: StorageDriver,
+) -> None:
+    ing, _ = make_ingest(driver)
+    uid, first_task = _finished(ing, DATA, sha256(b"wrong"))
+    with pytest.raises(DigestInvalid) as failure:
+        commit_upload(driver, uid, sha256(b"wrong"), None, task_id=first_task)
+    retry = ing.retry(uid, sha256(DATA))
+    # The old attempt's failure bookkeeping arrives after the retry started.
+    mark_failed(ing.staging, uid, failure.value, first_task)
+    record = ing.staging.state(uid)
+    assert record.state is UploadState.FINISHING
+    assert record.task_id == retry.task_id
+    assert commit_upload(driver, uid, sha256(DATA), None, task_id=retry.task_id)["status"] == (
+        "committed"
+    )
