@@ -441,15 +441,45 @@ def tarsum(obj: Context, file: IO[bytes], label: str, extra: IO[bytes] | None) -
 @click.option("--port", type=int, default=5000, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Frontend processes.")
 @click.option("--log-level", default="warning", show_default=True)
-def serve(host: str, port: int, workers: int, log_level: str) -> None:
-    """Serve the OCI distribution API and the ingest JSON API (needs the 'http' extra)."""
+@click.option(
+    "--server",
+    type=click.Choice(["uvicorn", "granian"]),
+    envvar="INGEST_SERVER",
+    default="uvicorn",
+    show_default=True,
+    help="ASGI server [INGEST_SERVER] (granian: pip install granian).",
+)
+def serve(host: str, port: int, workers: int, log_level: str, server: str) -> None:
+    """Serve the OCI distribution API and the ingest JSON API."""
     import tempfile
-
-    import uvicorn
 
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several processes: /metrics aggregates them through a shared directory.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ingest-metrics-")
+    if server == "granian":
+        args = [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--factory",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--no-access-log",
+            "--log-level",
+            log_level,
+            "ingest.http.app:app_factory",
+        ]
+        os.execv(sys.executable, args)  # noqa: S606 - replace this process: signals go to granian
+    import uvicorn
+
     uvicorn.run(
         "ingest.http.app:app_factory",
         factory=True,
