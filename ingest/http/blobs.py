@@ -50,6 +50,13 @@ def _name(request: Request) -> str:
     return validate_name(request.path_params["name"])
 
 
+def _upload_id(request: Request) -> str:
+    """The path's upload id, validated and bound to every log line of this request."""
+    upload_id = validate_upload_id(request.path_params["upload_id"])
+    upload_id_var.set(upload_id)
+    return upload_id
+
+
 def _upload_location(name: str, upload_id: str) -> str:
     return f"/v2/{name}/blobs/uploads/{upload_id}"
 
@@ -193,6 +200,7 @@ async def start_upload(request: Request) -> Response:
     if digest:
         claimed = str(parse_digest(digest))
     up = await run_in_threadpool(ing.start_upload, name)
+    upload_id_var.set(up.id)
     if digest:
         up = await _append(request, ing, name, up.id)
         ticket = await run_in_threadpool(ing._finish, up.info, claimed, None)
@@ -304,7 +312,7 @@ async def patch_upload(request: Request) -> Response:
     """PATCH — append a chunk (Content-Range optional; Content-Length or chunked)."""
     name = _name(request)
     ing = _ingest(request)
-    upload_id = validate_upload_id(request.path_params["upload_id"])
+    upload_id = _upload_id(request)
     await _append(request, ing, name, upload_id)
     offset = await run_in_threadpool(ing.staging.size, upload_id)
     return Response(status_code=202, headers=_upload_headers(name, upload_id, offset))
@@ -323,7 +331,7 @@ async def put_upload(request: Request) -> Response:
     """PUT ?digest= — optional final chunk, then finish through the verification task."""
     name = _name(request)
     ing = _ingest(request)
-    upload_id = validate_upload_id(request.path_params["upload_id"])
+    upload_id = _upload_id(request)
     claimed = _claimed_digest(request)
     small = _small_body(request)
     if small is not None:
@@ -343,7 +351,7 @@ async def get_upload(request: Request) -> Response:
     """GET — the upload's progress as a Range header (204)."""
     name = _name(request)
     ing = _ingest(request)
-    upload_id = validate_upload_id(request.path_params["upload_id"])
+    upload_id = _upload_id(request)
     await run_in_threadpool(ing.staging.info, upload_id, name)
     if await run_in_threadpool(ing.staging.result, upload_id) is not None:
         # Finished sessions are gone as far as the distribution API goes; the
@@ -357,7 +365,7 @@ async def delete_upload(request: Request) -> Response:
     """DELETE — cancel the session (204)."""
     name = _name(request)
     ing = _ingest(request)
-    upload_id = validate_upload_id(request.path_params["upload_id"])
+    upload_id = _upload_id(request)
     await run_in_threadpool(ing.staging.info, upload_id, name)
     await run_in_threadpool(ing.cancel, upload_id)
     return Response(status_code=204, headers={"Content-Length": "0"})

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from ingest.api import Ingest
 from ingest.errors import BlobUploadInvalid
+from ingest.logs import upload_id_var
 from ingest.paths import validate_upload_id
 
 
@@ -28,6 +29,7 @@ def _ingest(request: Request) -> Ingest:
 
 async def upload_status(request: Request) -> Response:
     upload_id = validate_upload_id(request.path_params["upload_id"])
+    upload_id_var.set(upload_id)
     status = await run_in_threadpool(_ingest(request).status, upload_id)
     return JSONResponse(status.to_dict())
 
@@ -43,6 +45,7 @@ async def _read_small_body(request: Request, limit: int) -> bytes:
 
 async def retry_upload(request: Request) -> Response:
     upload_id = validate_upload_id(request.path_params["upload_id"])
+    upload_id_var.set(upload_id)
     digest = None
     raw = await _read_small_body(request, 4096)
     if raw.strip():
