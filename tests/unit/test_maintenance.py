@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,54 @@ def test_reconcile_records_a_failure_the_backend_knows_but_storage_missed(
     assert record.state is UploadState.FAILED
     assert record.error is not None
     assert record.error["code"] == "DIGEST_INVALID"
+
+
+def test_commits_racing_purges_and_unlinks_never_leave_a_link_without_its_blob(
+    driver: FilesystemDriver,
+) -> None:
+    import threading
+
+    from ingest.blobs import BlobStore
+    from ingest.commit import commit_upload
+    from ingest.digests import parse_digest
+
+    ing, _ = make_ingest(driver)
+    blobs = [os.urandom(20_000) for _ in range(6)]
+    jobs = []
+    for i in range(30):
+        data = blobs[i % len(blobs)]
+        up = ing.start_upload(f"race/r{i % 3}")
+        up.write(data)
+        ticket = up.finish(sha256(data))
+        jobs.append((up.id, sha256(data), ticket.task_id, f"race/r{i % 3}"))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def disturb() -> None:
+        store = BlobStore(driver)
+        while not stop.is_set():
+            try:
+                purge_uploads(driver, older_than=-1.0)
+                for data in blobs:
+                    for repo in ("race/r0", "race/r1", "race/r2"):
+                        with contextlib.suppress(Exception):
+                            store.unlink(repo, parse_digest(sha256(data)))
+            except BaseException as exc:  # noqa: BLE001 - surfaced below
+                errors.append(exc)
+                return
+
+    t = threading.Thread(target=disturb)
+    t.start()
+    try:
+        results = [commit_upload(driver, uid, d, None, task_id=tid) for uid, d, tid, _ in jobs]
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
+    assert all(r["status"] == "committed" for r in results)
+    # The invariant: whatever survived the unlinks names a whole blob.
+    for link in (driver.root / "repositories").rglob("link"):
+        hexd = link.read_text().strip().split(":", 1)[1]
+        blob = driver.root / "blobs" / "sha256" / hexd[:2] / hexd / "data"
+        assert blob.is_file()
+        assert blob.stat().st_size == 20_000
