@@ -138,6 +138,7 @@ class _AccessLog:
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
+                    "query": scope.get("query_string", b"").decode("latin-1") or None,
                     "status": status["code"],
                     "duration_ms": round((time.perf_counter() - start) * 1000, 3),
                 },
