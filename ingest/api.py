@@ -36,19 +36,26 @@ __all__ = ["Ingest", "Ticket", "Upload", "UploadStatus"]
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    """A handle on one verification attempt."""
+    """A handle on one verification attempt. ``committed`` is set when the upload
+    was already committed when the ticket was issued (nothing to wait for)."""
 
     upload_id: str
     task_id: str
     _queue: TaskQueue
-    _done: dict[str, Any] | None = None
+    committed: dict[str, Any] | None = None
 
     def wait(self, timeout: float = 30.0) -> dict[str, Any]:
         """The committed result dict; raises the recorded IngestError (e.g. DigestInvalid),
         or VerificationTimeout when ``timeout`` seconds pass first."""
-        if self._done is not None:
-            return self._done
+        if self.committed is not None:
+            return self.committed
         return self._queue.wait(self.task_id, timeout)
+
+    async def wait_async(self, timeout: float = 30.0) -> dict[str, Any]:
+        """:meth:`wait` for an event loop (no thread held while waiting)."""
+        if self.committed is not None:
+            return self.committed
+        return await self._queue.wait_async(self.task_id, timeout)
 
 
 @dataclass(frozen=True, slots=True)

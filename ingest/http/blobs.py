@@ -137,9 +137,7 @@ async def _wait_for_commit(request: Request, ticket: Ticket, name: str) -> Respo
     if "respond-async" not in prefer.lower():
         started = time.perf_counter()
         try:
-            result = ticket._done or await ing.queue.wait_async(
-                ticket.task_id, ing.settings.finish_wait
-            )
+            result = await ticket.wait_async(ing.settings.finish_wait)
         except VerificationTimeout:
             result = None
         except IngestError as exc:
