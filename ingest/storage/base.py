@@ -131,6 +131,10 @@ class StorageDriver(Protocol):
         """Full paths of the direct children of directory ``path``, sorted.
         PathNotFound if ``path`` does not exist."""
 
+    def sync(self, path: str) -> None:
+        """Make the object's bytes durable where it is (e.g. fsync). PathNotFound if
+        missing. Lets a caller start the flush early, so a later ``move`` is quick."""
+
     def move(self, source: str, dest: str) -> None:
         """Atomically rename ``source`` to ``dest``, overwriting it, after making the
         source durable. A missing source raises PathNotFound and leaves ``dest``

@@ -197,6 +197,15 @@ class FilesystemDriver:
                 raise PathNotFound(path, "not a directory")
             return sorted(f"{prefix}/{name}" for name in os.listdir(full))
 
+    def sync(self, path: str) -> None:
+        full = self._full(path)
+        with _mapped(path):
+            fd = os.open(full, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def move(self, source: str, dest: str) -> None:
         src, dst = self._full(source), self._full(dest)
         with _mapped(source):

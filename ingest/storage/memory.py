@@ -119,6 +119,11 @@ class MemoryDriver:
                 raise PathNotFound(path, "not found")
             return sorted(children)
 
+    def sync(self, path: str) -> None:
+        with self._lock:
+            if check_path(path) not in self._objects:
+                raise PathNotFound(path, "not found")
+
     def move(self, source: str, dest: str) -> None:
         check_path(dest)
         with self._lock:

@@ -68,6 +68,7 @@ def _call_each_method(driver: StorageDriver) -> list[tuple[str, Callable[[str], 
         ("move-source", lambda p: driver.move(p, "/ok/dest")),
         ("move-dest", lambda p: driver.move("/ok/source", p)),
         ("delete", driver.delete),
+        ("sync", driver.sync),
     ]
 
 
@@ -282,6 +283,18 @@ class StorageDriverContract:
             driver.move("/mv/missing", "/mv/dest")
         assert driver.get_content("/mv/dest") == b"precious"
         driver.delete("/mv")
+
+    # -- sync --------------------------------------------------------------------------
+
+    def test_sync_keeps_the_object_as_it_is(self, driver: StorageDriver) -> None:
+        _write(driver, "/sync/obj", b"durable bytes").close()
+        driver.sync("/sync/obj")
+        assert driver.get_content("/sync/obj") == b"durable bytes"
+        driver.delete("/sync")
+
+    def test_sync_of_a_missing_object_is_path_not_found(self, driver: StorageDriver) -> None:
+        with pytest.raises(PathNotFound):
+            driver.sync("/sync/missing")
 
     # -- delete ------------------------------------------------------------------------
 
