@@ -79,3 +79,17 @@ def test_every_request_line_of_an_upload_carries_its_upload_and_task_id(
     assert all(ln["upload_id"] == upload_id for ln in access)
     assert access[-1]["task_id"]
     assert isinstance(access[-1]["duration_ms"], float)
+
+
+def test_celery_task_lines_outside_the_task_context_get_the_ids_from_their_data(
+    captured: io.StringIO,
+) -> None:
+    uid = "0b6f3c1e-8a44-4d7e-9c55-3f1a2b4c5d6e"
+    logging.getLogger("celery.worker.strategy").info(
+        "Task %(name)s[%(id)s] received",
+        {"name": "ingest.verify_upload", "id": "t-9"},
+        extra={"data": {"id": "t-9", "args": f"upload={uid} digest=sha256:ab size=3"}},
+    )
+    (line,) = lines(captured)
+    assert line["task_id"] == "t-9"
+    assert line["upload_id"] == uid
