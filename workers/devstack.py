@@ -22,125 +22,6 @@ from typing import Self
 __all__ = ["Frontend", "Service", "Worker"]
 
 
-class Worker:
-    """A ``celery -A workers.app worker`` subprocess consuming the verify queue."""
-
-    def __init__(
-        self,
-        env: Mapping[str, str],
-        logfile: str | os.PathLike[str],
-        *,
-        concurrency: int = 1,
-        pool: str = "prefork",
-        extra_args: tuple[str, ...] = (),
-    ) -> None:
-        self.env = {**os.environ, **env}
-        self.logfile = Path(logfile)
-        self.concurrency = concurrency
-        self.pool = pool
-        self.extra_args = extra_args
-        self.name = f"ingest-{uuid.uuid4().hex[:8]}@localhost"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> Worker:
-        self.logfile.parent.mkdir(parents=True, exist_ok=True)
-        self._log_offset = self.logfile.stat().st_size if self.logfile.exists() else 0
-        args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "-Q",
-            "verify,maintenance",
-            "-n",
-            self.name,
-            "-c",
-            str(self.concurrency),
-            "-P",
-            self.pool,
-            "--loglevel",
-            "INFO",
-            "-f",
-            str(self.logfile),
-            "--without-mingle",
-            "--without-gossip",
-            *self.extra_args,
-        ]
-        # The banner and anything printed before logging is set up go next to the log.
-        with open(self.logfile.with_name(self.logfile.name + ".out"), "ab") as out:
-            self.process = subprocess.Popen(
-                args,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()}")
-            if " ready." in self.log():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"worker not ready after {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            with open(self.logfile, encoding="utf-8", errors="replace") as f:
-                f.seek(self._log_offset)
-                return f.read()
-        except OSError:
-            return ""
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def children(self) -> list[int]:
-        """PIDs of the pool processes (direct children of the worker)."""
-        out: list[int] = []
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
-            try:
-                out += [int(p) for p in (task / "children").read_text().split()]
-            except OSError:
-                continue
-        return out
-
-    def stop(self, timeout: float = 20.0) -> None:
-        p = self.process
-        if p is None:
-            return
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-                p.wait(timeout)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                self.kill()
-        self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL the whole worker: main process and pool children."""
-        p = self.process
-        if p is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-
-    def __enter__(self) -> Worker:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
 class Service:
     """A long-running helper process (frontend, beat, Flower) in its own process group.
 
@@ -160,6 +41,11 @@ class Service:
         self.logfile = Path(logfile)
         self.port = port
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def waits_until_ready(self) -> bool:
+        """Whether ``start`` waits for :meth:`ready` (by default: when there is a port)."""
+        return self.port is not None
 
     def ready(self) -> bool:
         import socket
@@ -182,7 +68,7 @@ class Service:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        if self.port is None:
+        if not self.waits_until_ready:
             return self
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -192,7 +78,7 @@ class Service:
                 return self
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"{self.args[:4]} not ready on port {self.port}")
+        raise RuntimeError(f"{self.args[:4]} not ready after {timeout} s")
 
     def stop(self, timeout: float = 10.0) -> None:
         p = self.process
@@ -267,3 +153,85 @@ class Frontend(Service):
                 return s.recv(64).startswith(b"HTTP/1.1 200")
         except OSError:
             return False
+
+
+class Worker(Service):
+    """A ``celery -A workers.app worker`` subprocess on the verify and maintenance queues."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        logfile: str | os.PathLike[str],
+        *,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.celery_log = Path(logfile)
+        self.concurrency = concurrency
+        self.name = f"ingest-{uuid.uuid4().hex[:8]}@localhost"
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            "verify,maintenance",
+            "-n",
+            self.name,
+            "-c",
+            str(concurrency),
+            "-P",
+            pool,
+            "--loglevel",
+            "INFO",
+            "-f",
+            str(self.celery_log),
+            "--without-mingle",
+            "--without-gossip",
+            *extra_args,
+        ]
+        # The banner and anything printed before logging is set up go next to the log.
+        super().__init__(args, env, self.celery_log.with_name(self.celery_log.name + ".out"))
+        self._log_offset = 0
+
+    @property
+    def waits_until_ready(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return " ready." in self.log()
+
+    def start(self, timeout: float = 60.0) -> Self:
+        self._log_offset = self.celery_log.stat().st_size if self.celery_log.exists() else 0
+        return super().start(timeout)
+
+    def log(self) -> str:
+        """What the worker logged since this start."""
+        try:
+            with open(self.celery_log, encoding="utf-8", errors="replace") as f:
+                f.seek(self._log_offset)
+                return f.read()
+        except OSError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def children(self) -> list[int]:
+        """PIDs of the pool processes (direct children of the worker)."""
+        out: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                out += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return out
+
+    def stop(self, timeout: float = 20.0) -> None:
+        # Warm shutdown lets a running verification finish (or be requeued).
+        super().stop(timeout)

@@ -142,7 +142,7 @@ def test_the_worker_consumes_from_rabbitmq_and_redis_holds_only_results(
         assert blob.read() == data
     assert ing.status(up.id).state == "committed"
     worker = amqp_stack.workers[-1]
-    banner = worker.logfile.with_name(worker.logfile.name + ".out").read_text(errors="replace")
+    banner = worker.logfile.read_text(errors="replace")  # the .out file: banner and stdout
     assert "amqp://" in banner, banner[-2000:]
     # The Redis database holds results, not the queue: no kombu list or unacked keys.
     with redis.Redis.from_url(amqp_stack.redis_url) as r:
