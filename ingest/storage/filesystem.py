@@ -24,6 +24,7 @@ from ingest.storage.base import FileInfo, InvalidOffset, PathNotFound, StorageEr
 __all__ = ["FilesystemDriver"]
 
 TMP_MARKER = ".tmp-"
+_PUT_ATTEMPTS = 5
 
 
 @contextlib.contextmanager
@@ -135,24 +136,40 @@ class FilesystemDriver:
     def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         full = self._full(path)
         with _mapped(path):
-            self._makedirs(full.parent, durable=durable)
-            # Fixed-length name: a target name near NAME_MAX must still fit.
-            tmp = full.with_name(f"{TMP_MARKER}{secrets.token_hex(8)}")
-            try:
-                with open(tmp, "wb", buffering=0) as f:
-                    view = memoryview(content)
-                    while view:
-                        n = f.write(view)
-                        view = view[n or 0 :]
-                    if durable:
-                        os.fsync(f.fileno())
-                os.replace(tmp, full)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
+            for attempt in range(_PUT_ATTEMPTS):
+                self._makedirs(full.parent, durable=durable)
+                try:
+                    self._write_and_replace(full, content, durable)
+                    break
+                except FileNotFoundError:
+                    # A concurrent delete removed the parent between our mkdir and
+                    # the write (e.g. a blob unlinked while it is being linked):
+                    # recreate it and try again; the last attempt reports it.
+                    if attempt == _PUT_ATTEMPTS - 1:
+                        raise
             if durable:
-                _fsync_dir(full.parent)
+                # If a concurrent delete already removed the directory, it removed
+                # our object too: put-then-delete, a valid order; nothing to sync.
+                with contextlib.suppress(FileNotFoundError):
+                    _fsync_dir(full.parent)
+
+    @staticmethod
+    def _write_and_replace(full: Path, content: bytes, durable: bool) -> None:
+        # Fixed-length name: a target name near NAME_MAX must still fit.
+        tmp = full.with_name(f"{TMP_MARKER}{secrets.token_hex(8)}")
+        try:
+            with open(tmp, "wb", buffering=0) as f:
+                view = memoryview(content)
+                while view:
+                    n = f.write(view)
+                    view = view[n or 0 :]
+                if durable:
+                    os.fsync(f.fileno())
+            os.replace(tmp, full)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def reader(self, path: str, offset: int = 0) -> BinaryIO:
         full = self._full(path)
