@@ -6,8 +6,10 @@ so CI can never pass by skipping them.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,3 +110,27 @@ def stack(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
         yield s
     finally:
         s.close()
+
+
+def stage_large(ing: Ingest, repo: str, size: int) -> tuple[str, str, str]:
+    """Stage ``size`` random-ish bytes; returns (upload id, sha512 claim, sha256)."""
+    up = ing.start_upload(repo)
+    chunk = os.urandom(1 << 20)
+    h512, h256 = hashlib.sha512(), hashlib.sha256()
+    for i in range(size >> 20):
+        piece = i.to_bytes(8, "big") + chunk[8:]
+        up.write(piece)
+        h512.update(piece)
+        h256.update(piece)
+    up.close()
+    return up.id, "sha512:" + h512.hexdigest(), "sha256:" + h256.hexdigest()
+
+
+def wait_for_progress(ing: Ingest, task_id: str, timeout: float = 60) -> None:
+    """Wait until the task reports PROGRESS: the worker is mid-verification."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ing.queue.info(task_id).state == "PROGRESS":
+            return
+        time.sleep(0.005)
+    pytest.fail("verification never reported progress")

@@ -17,7 +17,7 @@ from ingest import paths
 from ingest.digests import parse_digest
 from ingest.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid
 from ingest.queue import TASK_VERIFY
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, stage_large, wait_for_progress
 from workers.localredis import free_port
 
 pytestmark = pytest.mark.integration
@@ -170,31 +170,17 @@ def test_killing_the_worker_child_mid_verification_redelivers_and_commits_once(
     worker = stack.worker()
     ing = stack.ingest
     size = 768 << 20
-    up = ing.start_upload("it/crash")
-    chunk = os.urandom(1 << 20)
-    h = hashlib.sha512()
-    h256 = hashlib.sha256()
-    for _ in range(size // len(chunk)):
-        up.write(chunk)
-        h.update(chunk)
-        h256.update(chunk)
+    uid, claim, canonical = stage_large(ing, "it/crash", size)
     # sha512 + sha256 in one pass is the slowest plain verification: widest window.
-    ticket = up.finish("sha512:" + h.hexdigest())
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if ing.queue.info(ticket.task_id).state == "PROGRESS":
-            break
-        time.sleep(0.005)
-    else:
-        pytest.fail("verification never reported progress")
+    ticket = ing.resume("it/crash", uid).finish(claim)
+    wait_for_progress(ing, ticket.task_id)
     children = worker.children()
     assert children, "prefork worker has a pool child"
     os.kill(children[0], 9)
 
     result = ticket.wait(timeout=120)
     assert result["status"] == "committed"
-    assert result["canonical_digest"] == "sha256:" + h256.hexdigest()
+    assert result["canonical_digest"] == canonical
     log = worker.log()
     assert "WorkerLostError" in log or "SIGKILL" in log or "signal 9" in log
     assert log.count(f"Task {TASK_VERIFY}[{ticket.task_id}] received") == 2, "redelivered once"
@@ -203,7 +189,7 @@ def test_killing_the_worker_child_mid_verification_redelivers_and_commits_once(
         paths.blob_data_path(parse_digest(result["canonical_digest"])).lstrip("/")
     ]
     assert not any(".tmp-" in f for f in files)
-    assert not (stack.storage / "uploads" / up.id / "data").exists()
+    assert not (stack.storage / "uploads" / uid / "data").exists()
     with ing.open("it/crash", result["digest"]) as blob:
         assert blob.size == size
 

@@ -33,7 +33,7 @@ from ingest.digests import parse_digest
 from ingest.errors import DigestInvalid
 from ingest.maintenance import reconcile
 from ingest.queue import QUEUE_MAINTENANCE, QUEUE_VERIFY, TASK_VERIFY
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, stage_large, wait_for_progress
 
 pytestmark = pytest.mark.integration
 
@@ -217,25 +217,11 @@ def test_killing_the_pool_child_mid_verification_redelivers_and_commits_once(
     worker = amqp_stack.workers[-1]
     ing = amqp_stack.ingest
     size = 768 << 20
-    up = ing.start_upload("amqp/crash")
-    chunk = os.urandom(1 << 20)
-    h512 = hashlib.sha512()
-    h256 = hashlib.sha256()
-    for _ in range(size // len(chunk)):
-        up.write(chunk)
-        h512.update(chunk)
-        h256.update(chunk)
+    uid, claim, canonical = stage_large(ing, "amqp/crash", size)
     blobs_before = _stored_blobs(amqp_stack)
     # sha512 + sha256 in one pass is the slowest plain verification: widest window.
-    ticket = up.finish("sha512:" + h512.hexdigest())
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if ing.queue.info(ticket.task_id).state == "PROGRESS":
-            break
-        time.sleep(0.005)
-    else:
-        pytest.fail("verification never reported progress")
+    ticket = ing.resume("amqp/crash", uid).finish(claim)
+    wait_for_progress(ing, ticket.task_id)
     children = worker.children()
     assert len(children) == 1, children
     os.kill(children[0], 9)
@@ -244,14 +230,14 @@ def test_killing_the_pool_child_mid_verification_redelivers_and_commits_once(
     # hands the message out again at once (no visibility timeout to wait for).
     result = ticket.wait(timeout=120)
     assert result["status"] == "committed"
-    assert result["canonical_digest"] == "sha256:" + h256.hexdigest()
+    assert result["canonical_digest"] == canonical
     log = worker.log()
     assert "WorkerLostError" in log or "SIGKILL" in log or "signal 9" in log
     assert log.count(f"Task {TASK_VERIFY}[{ticket.task_id}] received") == 2, "redelivered once"
     blob = paths.blob_data_path(parse_digest(result["canonical_digest"])).lstrip("/")
     assert sorted(set(_stored_blobs(amqp_stack)) - set(blobs_before)) == [blob]
     assert not any(".tmp-" in p for p in _stored_blobs(amqp_stack))
-    assert not (amqp_stack.storage / "uploads" / up.id / "data").exists()
+    assert not (amqp_stack.storage / "uploads" / uid / "data").exists()
     with ing.open("amqp/crash", result["digest"]) as reader:
         assert reader.size == size
     time.sleep(1.0)  # no third delivery arrives late

@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ingest.api import Ingest
 from ingest.queue import QUEUE_VERIFY
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, stage_large, wait_for_progress
 from workers.devstack import Frontend
 from workers.localredis import LocalRedis, free_port
 
@@ -39,29 +38,6 @@ def stored(stack: Stack, prefix: str) -> list[str]:
 
 def tmp_files(stack: Stack) -> list[str]:
     return [str(p) for p in stack.storage.rglob("*") if ".tmp-" in p.name]
-
-
-def stage_large(ing: Ingest, repo: str, size: int) -> tuple[str, str, str]:
-    """Stage ``size`` random-ish bytes; returns (upload id, sha512 claim, sha256)."""
-    up = ing.start_upload(repo)
-    chunk = os.urandom(1 << 20)
-    h512, h256 = hashlib.sha512(), hashlib.sha256()
-    for i in range(size >> 20):
-        piece = i.to_bytes(8, "big") + chunk[8:]
-        up.write(piece)
-        h512.update(piece)
-        h256.update(piece)
-    up.close()
-    return up.id, "sha512:" + h512.hexdigest(), "sha256:" + h256.hexdigest()
-
-
-def wait_for_progress(ing: Ingest, task_id: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ing.queue.info(task_id).state == "PROGRESS":
-            return
-        time.sleep(0.005)
-    pytest.fail("verification never reported progress")
 
 
 def test_killing_the_whole_worker_mid_verification_recovers_within_the_visibility_timeout(
