@@ -16,6 +16,7 @@ the same uploads.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Mapping
@@ -32,6 +33,8 @@ from ingest.storage.filesystem import FilesystemDriver
 from ingest.uploads import Staging, UploadInfo, UploadRecord, UploadState, UploadWriter
 
 __all__ = ["Ingest", "Ticket", "Upload", "UploadStatus"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,12 @@ class Upload(UploadWriter):
             sync_on_close=ingest.settings.staging_fsync,
         )
         self._ingest = ingest
+
+    def _grew(self, before: int, after: int) -> None:
+        # Writes are sequential, so exactly one write crosses the threshold.
+        threshold = self._ingest.settings.prehash_min_size
+        if threshold and before < threshold <= after:
+            self._ingest._start_prehash(self.id)
 
     def finish(self, digest: str, size: int | None = None) -> Ticket:
         """Freeze the upload and enqueue its verification; returns at once.
@@ -246,6 +255,16 @@ class Ingest:
             self.staging.transition(upload_id, new, record.state)
             raise
         return Ticket(upload_id, task_id, self.queue)
+
+    def _start_prehash(self, upload_id: str) -> None:
+        """Have a worker hash the upload while it arrives (an optimisation: the
+        upload goes on, and is verified in full at finish, if this fails)."""
+        try:
+            self.queue.enqueue_prehash(
+                upload_id, time_limit=self.settings.time_limit(self.settings.max_blob_size)
+            )
+        except Exception:  # never fail a client's write over it
+            log.warning("could not enqueue the prehash of upload %s", upload_id, exc_info=True)
 
     def retry(self, upload_id: str, digest: str | None = None) -> Ticket:
         """Re-enqueue a failed verification as a new attempt (optionally with a

@@ -10,7 +10,9 @@ atomic, repeatable storage operation, and progress is recorded in storage
 
 1. ``result.json`` exists → return it (already committed).
 2. Stream the staged bytes once, computing the canonical sha256 and the claimed
-   digest together. Mismatch → state ``failed`` with the error, data kept.
+   digest together -- or, for a sha256 claim, take the digest a worker computed
+   from the same bytes while they arrived (:mod:`ingest.prehash`). Mismatch →
+   state ``failed`` with the error, data kept.
 3. Record ``verified`` (canonical digest, size) in ``state.json``. Only now may
    the staged data disappear, because a rerun that finds it gone can trust this
    record instead of re-hashing.
@@ -53,6 +55,7 @@ from ingest.errors import (
     SizeInvalid,
     StorageUnavailable,
 )
+from ingest.prehash import await_prehash
 from ingest.storage.base import PathNotFound, StorageDriver
 from ingest.uploads import Staging, UploadRecord, UploadState
 
@@ -183,59 +186,66 @@ def commit_upload(
     data_path = paths.upload_data_path(upload_id)
 
     verified = _recorded_verification(record, claimed)
+    computed: Computed | None = None
+    flusher: threading.Thread | None = None
+    prehashed = False
     if verified is None:
-        # Flush the staged bytes to disk while we hash them: the fsync before the
-        # rename into the blob store then has little left to do (for a large blob
-        # the flush costs about as much as half the hashing).
-        flusher = _background_sync(driver, data_path, record.size)
-        try:
-            computed = compute_digests(
-                driver,
-                data_path,
-                claimed,
-                total=record.size,
-                progress=progress,
-                chunk_size=chunk_size,
-                limits=limits,
-            )
-        except PathNotFound:
-            # The staged data is gone: cancelled (state() raises BlobUploadUnknown),
-            # committed by a concurrent runner, or verified and moved by one.
-            if (done := staging.result(upload_id)) is not None:
-                return done
-            record = staging.state(upload_id)
-            verified = _recorded_verification(record, claimed) or _in_store(blobs, claimed, record)
-            if verified is None:
-                # Transient by nature: the runner that took the data will record an
-                # outcome, and the retry then finds it.
-                raise StorageUnavailable(
-                    "staged data missing while the upload is still finishing",
-                    {"upload_id": upload_id},
-                ) from None
-        else:
-            if flusher is not None:
-                flusher.join()
+        computed = _prehashed(driver, upload_id, claimed, record)
+        prehashed = computed is not None
+        if computed is None:
+            # Flush the staged bytes to disk while we hash them: the fsync before the
+            # rename into the blob store then has little left to do (for a large blob
+            # the flush costs about as much as half the hashing).
+            flusher = _background_sync(driver, data_path, record.size)
             try:
-                _check(computed, claimed, expected_size, record)
-            except (DigestInvalid, SizeInvalid, BlobUploadInvalid) as exc:
-                # Name the upload, so whoever sees the error can retry it.
-                exc.detail.setdefault("upload_id", upload_id)
-                exc.args = (exc.message, exc.detail)
-                mark_failed(staging, upload_id, exc, task_id)
-                raise
-            verified = {
-                "canonical": computed.canonical,
-                "claimed": str(claimed),
-                "size": computed.size,
-            }
-            if (done := staging.result(upload_id)) is not None:
-                return done  # a concurrent runner committed while we hashed
-            if claimed != parse_digest(computed.canonical):
-                # Only a claim in another algorithm needs this record: for a sha256
-                # claim the blob's own path proves the verification (see _in_store).
-                record = staging.transition(
-                    upload_id, record, UploadState.VERIFIED, verified=verified
+                computed = compute_digests(
+                    driver,
+                    data_path,
+                    claimed,
+                    total=record.size,
+                    progress=progress,
+                    chunk_size=chunk_size,
+                    limits=limits,
                 )
+            except PathNotFound:
+                # The staged data is gone: cancelled (state() raises BlobUploadUnknown),
+                # committed by a concurrent runner, or verified and moved by one.
+                if (done := staging.result(upload_id)) is not None:
+                    return done
+                record = staging.state(upload_id)
+                verified = _recorded_verification(record, claimed) or _in_store(
+                    blobs, claimed, record
+                )
+                if verified is None:
+                    # Transient by nature: the runner that took the data will record an
+                    # outcome, and the retry then finds it.
+                    raise StorageUnavailable(
+                        "staged data missing while the upload is still finishing",
+                        {"upload_id": upload_id},
+                    ) from None
+    if verified is None:
+        assert computed is not None
+        if flusher is not None:
+            flusher.join()
+        try:
+            _check(computed, claimed, expected_size, record)
+        except (DigestInvalid, SizeInvalid, BlobUploadInvalid) as exc:
+            # Name the upload, so whoever sees the error can retry it.
+            exc.detail.setdefault("upload_id", upload_id)
+            exc.args = (exc.message, exc.detail)
+            mark_failed(staging, upload_id, exc, task_id)
+            raise
+        verified = {
+            "canonical": computed.canonical,
+            "claimed": str(claimed),
+            "size": computed.size,
+        }
+        if (done := staging.result(upload_id)) is not None:
+            return done  # a concurrent runner committed while we hashed
+        if claimed != parse_digest(computed.canonical):
+            # Only a claim in another algorithm needs this record: for a sha256
+            # claim the blob's own path proves the verification (see _in_store).
+            record = staging.transition(upload_id, record, UploadState.VERIFIED, verified=verified)
 
     canonical = parse_digest(verified["canonical"])
     size = int(verified["size"])
@@ -253,6 +263,7 @@ def commit_upload(
         "canonical_digest": str(canonical),
         "size": size,
         "deduplicated": deduplicated,
+        "prehashed": prehashed,
         "duration": round(time.monotonic() - started, 6),
         "task_id": task_id,
         "committed_at": time.time(),
@@ -283,6 +294,19 @@ def _background_sync(driver: StorageDriver, path: str, size: int | None) -> thre
     t = threading.Thread(target=flush, name="ingest-early-sync", daemon=True)
     t.start()
     return t
+
+
+def _prehashed(
+    driver: StorageDriver, upload_id: str, claimed: Digest, record: UploadRecord
+) -> Computed | None:
+    """The digests a prehash computed while the bytes arrived (see
+    :mod:`ingest.prehash`); only a sha256 claim can use them."""
+    if claimed.algorithm != CANONICAL_ALGORITHM or record.size is None:
+        return None
+    pre = await_prehash(driver, upload_id, record.size)
+    if pre is None:
+        return None
+    return Computed(pre.digest, pre.digest, pre.size)
 
 
 def _in_store(blobs: BlobStore, claimed: Digest, record: UploadRecord) -> dict[str, Any] | None:

@@ -119,6 +119,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     max_manifest_size: int = 4 << 20
+    prehash_min_size: int = 32 << 20  # 0: never hash uploads while they arrive
+    prehash_idle: float = 10.0
 
     def __post_init__(self) -> None:
         # Empty broker/backend fall back to the Redis URL.
@@ -133,6 +135,10 @@ class Settings:
             raise ConfigError("must be 'json' or 'text'", "log_format")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL", "log_level")
+        if self.prehash_min_size < 0:
+            raise ConfigError("must not be negative", "prehash_min_size")
+        if self.prehash_idle <= 0:
+            raise ConfigError("must be positive", "prehash_idle")
         if self.task_max_retries < 0:
             raise ConfigError("must not be negative", "task_max_retries")
         if self.visibility_timeout == 0:
@@ -183,6 +189,7 @@ class Settings:
                         "verify_min_rate",
                         "max_manifest_size",
                         "tarsum_max_bytes",
+                        "prehash_min_size",
                     )
                     values[f.name] = parse_size(raw) if is_size else int(raw)
                 elif f.type in ("float", float):

@@ -11,6 +11,8 @@ The layout, below the driver's root::
     /uploads/<uuid>/data                                staged bytes; its size is the offset
     /uploads/<uuid>/state.json                          lifecycle: open/finishing/verified/failed
     /uploads/<uuid>/result.json                         the committed result; written once
+    /uploads/<uuid>/prehash.lease                       a worker hashes the bytes as they arrive
+    /uploads/<uuid>/prehash.json                        its result: sha256 of the first N bytes
 
 Uploads are keyed by id alone because the verification task receives only the
 id; the repository recorded in ``info.json`` is checked on every access.
@@ -35,6 +37,8 @@ __all__ = [
     "upload_data_path",
     "upload_dir",
     "upload_info_path",
+    "upload_prehash_lease_path",
+    "upload_prehash_path",
     "upload_result_path",
     "upload_state_path",
     "uploads_root",
@@ -102,3 +106,11 @@ def upload_state_path(upload_id: str) -> str:
 
 def upload_result_path(upload_id: str) -> str:
     return upload_dir(upload_id) + "/result.json"
+
+
+def upload_prehash_path(upload_id: str) -> str:
+    return upload_dir(upload_id) + "/prehash.json"
+
+
+def upload_prehash_lease_path(upload_id: str) -> str:
+    return upload_dir(upload_id) + "/prehash.lease"

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "QUEUE_MAINTENANCE",
     "QUEUE_VERIFY",
+    "TASK_PREHASH",
     "TASK_PURGE",
     "TASK_RECONCILE",
     "TASK_VERIFY",
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 TASK_VERIFY = "ingest.verify_upload"
+TASK_PREHASH = "ingest.prehash_upload"
 TASK_RECONCILE = "ingest.reconcile"
 TASK_PURGE = "ingest.purge_uploads"
 QUEUE_VERIFY = "verify"
@@ -70,6 +72,11 @@ class TaskQueue(Protocol):
         ``repository`` is informational (logs, Flower). Raises StorageUnavailable if
         the broker cannot be reached."""
 
+    def enqueue_prehash(self, upload_id: str, *, time_limit: int) -> None:
+        """Send ``ingest.prehash_upload(upload_id)``: hash the upload while it grows
+        (see :mod:`ingest.prehash`). Best effort; raises StorageUnavailable if the
+        broker cannot be reached."""
+
     def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
         """The committed result; raise the recorded IngestError on failure, or
         VerificationTimeout if ``timeout`` seconds pass first."""
@@ -93,6 +100,7 @@ def client_config(broker_url: str, result_backend: str, visibility_timeout: int)
         "task_default_queue": QUEUE_VERIFY,
         "task_routes": {
             TASK_VERIFY: {"queue": QUEUE_VERIFY},
+            TASK_PREHASH: {"queue": QUEUE_VERIFY},
             TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
             TASK_PURGE: {"queue": QUEUE_MAINTENANCE},
         },
@@ -248,6 +256,24 @@ class CeleryTaskQueue:
                 soft_time_limit=max(1, time_limit - min(10, max(1, time_limit // 10))),
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5},
+            )
+        except OperationalError as exc:
+            raise StorageUnavailable(
+                "the task broker is unreachable", {"error": str(exc)[:300]}
+            ) from exc
+
+    def enqueue_prehash(self, upload_id: str, *, time_limit: int) -> None:
+        from kombu.exceptions import OperationalError
+
+        try:
+            self.app.send_task(
+                TASK_PREHASH,
+                args=(upload_id,),
+                argsrepr=f"upload={upload_id}",
+                queue=QUEUE_VERIFY,
+                time_limit=time_limit,
+                soft_time_limit=max(1, time_limit - min(10, max(1, time_limit // 10))),
+                retry=False,
             )
         except OperationalError as exc:
             raise StorageUnavailable(

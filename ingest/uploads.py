@@ -303,8 +303,11 @@ class UploadWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append ``data`` at the current end."""
         w = self._writable()
-        self._check_limit(w.size, len(data))
-        return w.write(data)
+        before = w.size
+        self._check_limit(before, len(data))
+        n = w.write(data)
+        self._grew(before, w.size)
+        return n
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` at ``offset``, which must be the current size (RangeInvalid
@@ -317,7 +320,9 @@ class UploadWriter:
                 {"offset": current, "requested": offset, "upload_id": self.id},
             )
         self._check_limit(current, len(data))
-        return w.write(data)
+        n = w.write(data)
+        self._grew(current, w.size)
+        return n
 
     def read_from(self, stream: BinaryIO, *, limit: int | None = None) -> int:
         """Append everything ``stream`` yields (or ``limit`` bytes); return the count.
@@ -331,10 +336,15 @@ class UploadWriter:
             n = stream.readinto(view[:want])  # type: ignore[attr-defined]
             if not n:
                 break
-            self._check_limit(w.size, n)
+            before = w.size
+            self._check_limit(before, n)
             w.write(view[:n])
             total += n
+            self._grew(before, w.size)
         return total
+
+    def _grew(self, before: int, after: int) -> None:
+        """Called after each write took the staged size from ``before`` to ``after``."""
 
     def flush(self) -> None:
         """Make every byte written so far durable."""

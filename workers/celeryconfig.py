@@ -11,7 +11,14 @@ Why each matters for verified ingest:
 * Events on, ``result_extended`` on: Flower shows names, arguments and states.
 """
 
-from ingest.queue import QUEUE_MAINTENANCE, QUEUE_VERIFY, TASK_PURGE, TASK_RECONCILE, TASK_VERIFY
+from ingest.queue import (
+    QUEUE_MAINTENANCE,
+    QUEUE_VERIFY,
+    TASK_PREHASH,
+    TASK_PURGE,
+    TASK_RECONCILE,
+    TASK_VERIFY,
+)
 
 task_serializer = "json"
 result_serializer = "json"
@@ -33,6 +40,7 @@ result_extended = True
 task_default_queue = QUEUE_VERIFY
 task_routes = {
     TASK_VERIFY: {"queue": QUEUE_VERIFY},
+    TASK_PREHASH: {"queue": QUEUE_VERIFY},
     TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
     TASK_PURGE: {"queue": QUEUE_MAINTENANCE},
 }

@@ -27,7 +27,15 @@ from ingest.config import Settings
 from ingest.errors import ClientError, IngestError, StorageUnavailable, Unknown, VerificationTimeout
 from ingest.locks import exclusive
 from ingest.maintenance import purge_uploads, reconcile
-from ingest.queue import STATE_PROGRESS, TASK_PURGE, TASK_RECONCILE, TASK_VERIFY, CeleryTaskQueue
+from ingest.prehash import prehash_upload
+from ingest.queue import (
+    STATE_PROGRESS,
+    TASK_PREHASH,
+    TASK_PURGE,
+    TASK_RECONCILE,
+    TASK_VERIFY,
+    CeleryTaskQueue,
+)
 from ingest.storage.filesystem import FilesystemDriver
 from ingest.uploads import Staging
 from workers.app import app
@@ -134,6 +142,27 @@ def _final_error(task: IngestTask, exc: Exception, upload_id: str) -> IngestErro
     if isinstance(exc, IngestError):
         return exc
     return Unknown("verification failed unexpectedly", {"error": type(exc).__name__})
+
+
+# Acked on receipt and never retried: a prehash is an optimisation, and a lost one
+# only means the verification reads the bytes itself (see ingest.prehash).
+@app.task(bind=True, name=TASK_PREHASH, acks_late=False, max_retries=0)
+def prehash(self: Task[Any, Any], upload_id: str) -> dict[str, Any]:
+    """Hash upload ``upload_id``'s staged bytes while they arrive."""
+    settings = _settings()
+    # Stop before the soft time limit, cleanly, rather than be killed by it.
+    limit = settings.time_limit(settings.max_blob_size)
+    try:
+        return prehash_upload(
+            _driver(settings.storage_root),
+            upload_id,
+            task_id=self.request.id,
+            idle_timeout=settings.prehash_idle,
+            max_duration=max(1.0, limit - 30.0),
+            chunk_size=settings.verify_chunk,
+        )
+    except SoftTimeLimitExceeded:
+        return {"upload_id": upload_id, "status": "abandoned", "reason": "time limit"}
 
 
 @app.task(name=TASK_RECONCILE, acks_late=True)

@@ -52,6 +52,10 @@ class RecordingQueue:
         self.progress = progress
         self.calls: list[EnqueuedVerify] = []
         self.waited: list[str] = []
+        self.prehashes: list[str] = []
+
+    def enqueue_prehash(self, upload_id: str, *, time_limit: int) -> None:
+        self.prehashes.append(upload_id)
 
     def enqueue_verify(
         self,

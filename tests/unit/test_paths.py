@@ -44,6 +44,8 @@ TABLE: list[tuple[Callable[[], str], str]] = [
     (lambda: paths.upload_info_path(UID), f"/uploads/{UID}/info.json"),
     (lambda: paths.upload_state_path(UID), f"/uploads/{UID}/state.json"),
     (lambda: paths.upload_result_path(UID), f"/uploads/{UID}/result.json"),
+    (lambda: paths.upload_prehash_path(UID), f"/uploads/{UID}/prehash.json"),
+    (lambda: paths.upload_prehash_lease_path(UID), f"/uploads/{UID}/prehash.lease"),
 ]
 
 
@@ -66,6 +68,8 @@ def test_every_exported_mapper_function_is_in_the_table() -> None:
         "upload_info_path",
         "upload_state_path",
         "upload_result_path",
+        "upload_prehash_path",
+        "upload_prehash_lease_path",
         "validate_upload_id",
     }
     assert set(paths.__all__) == covered
