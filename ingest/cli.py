@@ -398,7 +398,7 @@ def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
         "workers.app",
         "worker",
         "-Q",
-        "verify,maintenance",
+        "verify,prehash,maintenance",
         "--loglevel",
         "INFO",
     ]

@@ -10,8 +10,8 @@ atomic, repeatable storage operation, and progress is recorded in storage
 
 1. ``result.json`` exists → return it (already committed).
 2. Stream the staged bytes once, computing the canonical sha256 and the claimed
-   digest together -- or, for a sha256 claim, take the digest a worker computed
-   from the same bytes while they arrived (:mod:`ingest.prehash`). Mismatch →
+   digest together -- or, when a worker hashed the same bytes while they arrived
+   (:mod:`ingest.prehash`) and got the claimed sha256, take that. Mismatch →
    state ``failed`` with the error, data kept.
 3. Record ``verified`` (canonical digest, size) in ``state.json``. Only now may
    the staged data disappear, because a rerun that finds it gone can trust this
@@ -300,11 +300,20 @@ def _prehashed(
     driver: StorageDriver, upload_id: str, claimed: Digest, record: UploadRecord
 ) -> Computed | None:
     """The digests a prehash computed while the bytes arrived (see
-    :mod:`ingest.prehash`); only a sha256 claim can use them."""
+    :mod:`ingest.prehash`); only a sha256 claim can use them.
+
+    Only agreement is taken from it: if the prehash disagrees with the claim, the
+    record is dropped and the full pass decides, so every rejection (and the retry
+    after one, perhaps with repaired staged bytes) rests on a fresh read.
+    """
     if claimed.algorithm != CANONICAL_ALGORITHM or record.size is None:
         return None
     pre = await_prehash(driver, upload_id, record.size)
     if pre is None:
+        return None
+    if pre.digest != str(claimed):
+        with contextlib.suppress(PathNotFound):
+            driver.delete(paths.upload_prehash_path(upload_id))
         return None
     return Computed(pre.digest, pre.digest, pre.size)
 

@@ -181,14 +181,13 @@ def prehash_upload(
         hasher = new_hasher(CANONICAL_ALGORITHM)
         buf = bytearray(chunk_size)
         view = memoryview(buf)
-        readinto = f.readinto  # type: ignore[attr-defined]
         syncer = _Syncer(driver, data_path)
         hashed = synced = 0
         last_data = last_renew = clock()
         delay = POLL_MIN
-        frozen_misses = 0
+        reopened_at = -1
         while True:
-            n = readinto(view)
+            n = f.readinto(view)  # type: ignore[attr-defined]
             if n:
                 hasher.update(view[:n])
                 hashed += n
@@ -207,11 +206,19 @@ def prehash_upload(
                 sleep(delay)
                 delay *= 2
                 continue
-            # At the end of what is staged: finished, or more to come?
+            # At the end of what this reader sees: finished, or more to come?
             try:
                 record = staging.state(upload_id)
-            except BlobUploadUnknown:
-                return outcome("skipped", "upload cancelled")
+                staged = driver.stat(data_path).size
+            except (BlobUploadUnknown, PathNotFound):
+                return outcome("skipped", "upload gone")
+            if staged > hashed and reopened_at != hashed:
+                # A driver whose readers are snapshots (not the filesystem's) does not
+                # show bytes appended after the open: read on from a fresh reader.
+                f.close()
+                f = driver.reader(data_path, hashed)
+                reopened_at = hashed
+                continue
             if record.state is UploadState.OPEN:
                 t = clock()
                 if t - last_data > idle_timeout:
@@ -224,23 +231,17 @@ def prehash_upload(
                 sleep(delay)
                 delay = min(delay * 2, POLL_MAX)
                 continue
-            if record.state is UploadState.COMMITTED or record.size is None:
+            if record.state is UploadState.COMMITTED or record.size != hashed:
+                # Committed by a full pass already, or a size we cannot vouch for.
                 return outcome("skipped", f"upload {record.state.value}")
-            if hashed == record.size:
-                summary["digest"] = hasher.result()
-                driver.put_content(
-                    paths.upload_prehash_path(upload_id),
-                    json.dumps(
-                        {"size": hashed, "digest": summary["digest"], "task_id": task_id}
-                    ).encode(),
-                    durable=False,
-                )
-                return outcome("hashed")
-            # finish() froze a size we have not reached: those bytes were written
-            # before the freeze, so one more read must find them.
-            frozen_misses += 1
-            if hashed > record.size or frozen_misses > 1:
-                return outcome("abandoned", "staged size does not match the finished size")
+            summary["digest"] = hasher.result()
+            record_json = {"size": hashed, "digest": summary["digest"], "task_id": task_id}
+            driver.put_content(
+                paths.upload_prehash_path(upload_id),
+                json.dumps(record_json).encode(),
+                durable=False,
+            )
+            return outcome("hashed")
     finally:
         if f is not None:
             f.close()

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "QUEUE_MAINTENANCE",
+    "QUEUE_PREHASH",
     "QUEUE_VERIFY",
     "TASK_PREHASH",
     "TASK_PURGE",
@@ -37,6 +38,9 @@ TASK_PREHASH = "ingest.prehash_upload"
 TASK_RECONCILE = "ingest.reconcile"
 TASK_PURGE = "ingest.purge_uploads"
 QUEUE_VERIFY = "verify"
+#: Its own queue, so prehashes (which hold a worker slot while an upload streams)
+#: can get dedicated workers, and never sit in line behind verifications.
+QUEUE_PREHASH = "prehash"
 #: Housekeeping runs on its own queue so it never waits behind large verifications.
 QUEUE_MAINTENANCE = "maintenance"
 #: Custom task state reported while a verification streams the staged bytes.
@@ -100,7 +104,7 @@ def client_config(broker_url: str, result_backend: str, visibility_timeout: int)
         "task_default_queue": QUEUE_VERIFY,
         "task_routes": {
             TASK_VERIFY: {"queue": QUEUE_VERIFY},
-            TASK_PREHASH: {"queue": QUEUE_VERIFY},
+            TASK_PREHASH: {"queue": QUEUE_PREHASH},
             TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
             TASK_PURGE: {"queue": QUEUE_MAINTENANCE},
         },
@@ -270,7 +274,7 @@ class CeleryTaskQueue:
                 TASK_PREHASH,
                 args=(upload_id,),
                 argsrepr=f"upload={upload_id}",
-                queue=QUEUE_VERIFY,
+                queue=QUEUE_PREHASH,
                 time_limit=time_limit,
                 soft_time_limit=max(1, time_limit - min(10, max(1, time_limit // 10))),
                 retry=False,

@@ -13,6 +13,7 @@ Why each matters for verified ingest:
 
 from ingest.queue import (
     QUEUE_MAINTENANCE,
+    QUEUE_PREHASH,
     QUEUE_VERIFY,
     TASK_PREHASH,
     TASK_PURGE,
@@ -40,7 +41,7 @@ result_extended = True
 task_default_queue = QUEUE_VERIFY
 task_routes = {
     TASK_VERIFY: {"queue": QUEUE_VERIFY},
-    TASK_PREHASH: {"queue": QUEUE_VERIFY},
+    TASK_PREHASH: {"queue": QUEUE_PREHASH},
     TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
     TASK_PURGE: {"queue": QUEUE_MAINTENANCE},
 }

@@ -178,7 +178,7 @@ class Worker(Service):
             "workers.app",
             "worker",
             "-Q",
-            "verify,maintenance",
+            "verify,prehash,maintenance",
             "-n",
             self.name,
             "-c",

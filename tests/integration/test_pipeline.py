@@ -56,6 +56,44 @@ def test_finish_commits_and_the_blob_reads_back_with_seek(shared_stack: Stack) -
     assert not (shared_stack.storage / "uploads" / up.id / "data").exists()
 
 
+def test_a_large_upload_is_hashed_by_a_worker_while_it_arrives(shared_stack: Stack) -> None:
+    ing = shared_stack.ingest
+    threshold = shared_stack.settings.prehash_min_size
+    up = ing.start_upload("it/prehash")
+    lease = shared_stack.storage / "uploads" / up.id / "prehash.lease"
+    h = hashlib.sha256()
+    chunk = os.urandom(1 << 20)
+    size = threshold + (8 << 20)
+    for i in range(size >> 20):
+        piece = i.to_bytes(8, "big") + chunk[8:]
+        up.write(piece)
+        h.update(piece)
+        if (i + 1) << 20 == threshold:
+            # The write that crossed the threshold asked for a prehash: wait until a
+            # worker holds it, so the rest of the upload is hashed as it lands.
+            deadline = time.monotonic() + 20
+            while not lease.exists():
+                assert time.monotonic() < deadline, "no worker took the prehash"
+                time.sleep(0.005)
+    result = up.finish("sha256:" + h.hexdigest()).wait(timeout=60)
+    assert (result["status"], result["size"], result["prehashed"]) == ("committed", size, True)
+    assert not lease.exists()
+    with ing.open("it/prehash", result["digest"]) as blob:
+        assert hashlib.sha256(blob.read()).hexdigest() == h.hexdigest()
+
+    # A wrong claim on a prehashed upload is judged by a full read of the bytes.
+    up2 = ing.start_upload("it/prehash")
+    up2.read_from(io.BytesIO(chunk * ((threshold >> 20) + 2)))
+    lease2 = shared_stack.storage / "uploads" / up2.id / "prehash.lease"
+    deadline = time.monotonic() + 20
+    while not lease2.exists():
+        assert time.monotonic() < deadline, "no worker took the prehash"
+        time.sleep(0.005)
+    with pytest.raises(DigestInvalid) as err:
+        up2.finish(sha256(b"not it")).wait(timeout=60)
+    assert err.value.detail["computed"] == sha256(chunk * ((threshold >> 20) + 2))
+
+
 def test_digest_mismatch_is_recorded_and_a_retry_after_fixing_the_data_commits(
     shared_stack: Stack,
 ) -> None:

@@ -196,3 +196,18 @@ def test_a_missing_config_file_is_a_config_error() -> None:
 def test_bad_logging_and_fsync_values_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(ConfigError, match=var):
         Settings.from_env({var: value})
+
+
+def test_prehash_settings_parse_and_zero_disables() -> None:
+    s = Settings.from_env({"INGEST_PREHASH_MIN_SIZE": "64MiB", "INGEST_PREHASH_IDLE": "30s"})
+    assert (s.prehash_min_size, s.prehash_idle) == (64 << 20, 30.0)
+    assert Settings.from_env({"INGEST_PREHASH_MIN_SIZE": "0"}).prehash_min_size == 0
+    assert Settings().prehash_min_size == 32 << 20
+
+
+@pytest.mark.parametrize(
+    ("var", "value"), [("INGEST_PREHASH_MIN_SIZE", "-1"), ("INGEST_PREHASH_IDLE", "0")]
+)
+def test_bad_prehash_settings_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=var):
+        Settings.from_env({var: value})
