@@ -98,14 +98,16 @@ def compute_digests(
     canonical = new_hasher(CANONICAL_ALGORITHM)
     same = claimed.algorithm == CANONICAL_ALGORITHM
     other = None if same else new_verifier(claimed, limits)
-    buf = bytearray(chunk_size)
-    view = memoryview(buf)
     size = 0
     last_report = time.monotonic()
     f = driver.reader(path)
     try:
         if total is None:
             total = driver.stat(path).size
+        # A small blob gets a small buffer: zeroing 4 MiB for a 64 KiB blob cost more
+        # than hashing it. (+1: the read that finds the end must not be a full one.)
+        buf = bytearray(max(1, min(chunk_size, total + 1)))
+        view = memoryview(buf)
         if progress is not None and total >= PROGRESS_MIN_SIZE:
             progress(0, total)
         readinto = f.readinto  # type: ignore[attr-defined]
