@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -100,43 +99,23 @@ async def _stream_body(request: Request, up: Upload) -> int:
         if offset + length > ing.settings.max_blob_size:
             raise TooLarge("blob exceeds the maximum size", {"limit": ing.settings.max_blob_size})
     upload_id_var.set(up.id)
+    buf = bytearray()
     total = 0
-    # Two fixed slices, filled in turn: one is written (in a thread) while the next
-    # is received, so the copy into the page cache overlaps the socket reads.
-    # Fixed buffers, not a growing bytearray: once glibc's malloc stops mmapping
-    # 1 MiB blocks, growth by realloc copies, which doubled this loop's CPU after
-    # the first few uploads. Writes stay strictly sequential; memory is 2 slices.
-    slices = (bytearray(FLUSH_SIZE), bytearray(FLUSH_SIZE))
-    current, fill = 0, 0
-    in_flight: asyncio.Task[int] | None = None
-
-    async def settle() -> None:
-        nonlocal in_flight, total
-        if in_flight is not None:
-            task, in_flight = in_flight, None
-            total += await task
-
     metrics.UPLOADS_ACTIVE.inc()
     try:
         async for chunk in request.stream():
-            src = memoryview(chunk)
-            while src:
-                n = min(FLUSH_SIZE - fill, len(src))
-                slices[current][fill : fill + n] = src[:n]
-                src = src[n:]
-                fill += n
-                if fill == FLUSH_SIZE:
-                    await settle()  # the other slice is free again after this
-                    full = memoryview(slices[current])
-                    in_flight = asyncio.ensure_future(run_in_threadpool(up.write, full))
-                    current, fill = 1 - current, 0
+            buf += chunk
+            if len(buf) >= FLUSH_SIZE:
+                data, buf = buf, bytearray()
+                await run_in_threadpool(up.write, data)
+                total += len(data)
     except ClientDisconnect:
         pass  # keep what arrived: the upload resumes from its durable offset
     finally:
         try:
-            await settle()
-            if fill:
-                total += await run_in_threadpool(up.write, memoryview(slices[current])[:fill])
+            if buf:
+                await run_in_threadpool(up.write, buf)
+                total += len(buf)
         finally:
             metrics.UPLOADS_ACTIVE.dec()
             metrics.UPLOAD_BYTES.inc(total)
