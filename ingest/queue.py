@@ -133,6 +133,11 @@ def _error_from_result(value: object, task_id: str) -> IngestError:
     )
 
 
+def _soft_limit(time_limit: int) -> int:
+    """The soft limit leaves a task time to record its timeout cleanly."""
+    return max(1, time_limit - min(10, max(1, time_limit // 10)))
+
+
 _READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 
@@ -256,8 +261,7 @@ class CeleryTaskQueue:
                 kwargsrepr=f"repository={repository}" if repository else "",
                 queue=QUEUE_VERIFY,
                 time_limit=time_limit,
-                # The soft limit leaves the task time to record its timeout cleanly.
-                soft_time_limit=max(1, time_limit - min(10, max(1, time_limit // 10))),
+                soft_time_limit=_soft_limit(time_limit),
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5},
             )
@@ -276,7 +280,7 @@ class CeleryTaskQueue:
                 argsrepr=f"upload={upload_id}",
                 queue=QUEUE_PREHASH,
                 time_limit=time_limit,
-                soft_time_limit=max(1, time_limit - min(10, max(1, time_limit // 10))),
+                soft_time_limit=_soft_limit(time_limit),
                 retry=False,
             )
         except OperationalError as exc:

@@ -56,6 +56,13 @@ def test_finish_commits_and_the_blob_reads_back_with_seek(shared_stack: Stack) -
     assert not (shared_stack.storage / "uploads" / up.id / "data").exists()
 
 
+def _wait_for(lease: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not lease.exists():
+        assert time.monotonic() < deadline, "no worker took the prehash"
+        time.sleep(0.005)
+
+
 def test_a_large_upload_is_hashed_by_a_worker_while_it_arrives(shared_stack: Stack) -> None:
     ing = shared_stack.ingest
     threshold = shared_stack.settings.prehash_min_size
@@ -71,10 +78,7 @@ def test_a_large_upload_is_hashed_by_a_worker_while_it_arrives(shared_stack: Sta
         if (i + 1) << 20 == threshold:
             # The write that crossed the threshold asked for a prehash: wait until a
             # worker holds it, so the rest of the upload is hashed as it lands.
-            deadline = time.monotonic() + 20
-            while not lease.exists():
-                assert time.monotonic() < deadline, "no worker took the prehash"
-                time.sleep(0.005)
+            _wait_for(lease)
     result = up.finish("sha256:" + h.hexdigest()).wait(timeout=60)
     assert (result["status"], result["size"], result["prehashed"]) == ("committed", size, True)
     assert not lease.exists()
@@ -84,11 +88,7 @@ def test_a_large_upload_is_hashed_by_a_worker_while_it_arrives(shared_stack: Sta
     # A wrong claim on a prehashed upload is judged by a full read of the bytes.
     up2 = ing.start_upload("it/prehash")
     up2.read_from(io.BytesIO(chunk * ((threshold >> 20) + 2)))
-    lease2 = shared_stack.storage / "uploads" / up2.id / "prehash.lease"
-    deadline = time.monotonic() + 20
-    while not lease2.exists():
-        assert time.monotonic() < deadline, "no worker took the prehash"
-        time.sleep(0.005)
+    _wait_for(shared_stack.storage / "uploads" / up2.id / "prehash.lease")
     with pytest.raises(DigestInvalid) as err:
         up2.finish(sha256(b"not it")).wait(timeout=60)
     assert err.value.detail["computed"] == sha256(chunk * ((threshold >> 20) + 2))
