@@ -260,9 +260,7 @@ class Ingest:
         """Have a worker hash the upload while it arrives (an optimisation: the
         upload goes on, and is verified in full at finish, if this fails)."""
         try:
-            self.queue.enqueue_prehash(
-                upload_id, time_limit=self.settings.time_limit(self.settings.max_blob_size)
-            )
+            self.queue.enqueue_prehash(upload_id, time_limit=self.settings.max_time_limit())
         except Exception:  # never fail a client's write over it
             log.warning("could not enqueue the prehash of upload %s", upload_id, exc_info=True)
 

@@ -56,7 +56,7 @@ from ingest.errors import (
     StorageUnavailable,
 )
 from ingest.prehash import await_prehash
-from ingest.storage.base import PathNotFound, StorageDriver
+from ingest.storage.base import PathNotFound, StorageDriver, sync_in_background
 from ingest.uploads import Staging, UploadRecord, UploadState
 
 __all__ = ["VERIFY_CHUNK", "Progress", "commit_upload", "compute_digests", "mark_failed"]
@@ -287,15 +287,7 @@ EARLY_SYNC_MIN_SIZE = 8 << 20
 def _background_sync(driver: StorageDriver, path: str, size: int | None) -> threading.Thread | None:
     if size is None or size < EARLY_SYNC_MIN_SIZE:
         return None
-
-    def flush() -> None:
-        # Best effort: move() fsyncs again and reports any real error.
-        with contextlib.suppress(Exception):
-            driver.sync(path)
-
-    t = threading.Thread(target=flush, name="ingest-early-sync", daemon=True)
-    t.start()
-    return t
+    return sync_in_background(driver, path)
 
 
 def _prehashed(

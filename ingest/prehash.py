@@ -35,7 +35,7 @@ from typing import Any
 from ingest import paths
 from ingest.digests import CANONICAL_ALGORITHM, new_hasher
 from ingest.errors import BlobUploadUnknown
-from ingest.storage.base import PathNotFound, StorageDriver
+from ingest.storage.base import PathNotFound, StorageDriver, sync_in_background
 from ingest.uploads import Staging, UploadState
 
 __all__ = ["Prehashed", "await_prehash", "prehash_upload", "read_prehash"]
@@ -106,27 +106,6 @@ def await_prehash(
         delay = min(delay * 2, POLL_MAX)
 
 
-class _Syncer:
-    """One background fsync at a time; errors are left for the commit's own fsync."""
-
-    def __init__(self, driver: StorageDriver, path: str) -> None:
-        self._driver = driver
-        self._path = path
-        self._thread: threading.Thread | None = None
-
-    def kick(self) -> bool:
-        if self._thread is not None and self._thread.is_alive():
-            return False
-
-        def run() -> None:
-            with contextlib.suppress(Exception):
-                self._driver.sync(self._path)
-
-        self._thread = threading.Thread(target=run, name="ingest-prehash-sync", daemon=True)
-        self._thread.start()
-        return True
-
-
 def prehash_upload(
     driver: StorageDriver,
     upload_id: str,
@@ -181,7 +160,8 @@ def prehash_upload(
         hasher = new_hasher(CANONICAL_ALGORITHM)
         buf = bytearray(chunk_size)
         view = memoryview(buf)
-        syncer = _Syncer(driver, data_path)
+        # One background fsync at a time, every SYNC_EVERY new bytes.
+        syncing: threading.Thread | None = None
         hashed = synced = 0
         last_data = last_renew = clock()
         delay = POLL_MIN
@@ -197,8 +177,8 @@ def prehash_upload(
                 if t - last_renew >= LEASE_RENEW:
                     renew(hashed)
                     last_renew = t
-                if hashed - synced >= SYNC_EVERY and syncer.kick():
-                    synced = hashed
+                if hashed - synced >= SYNC_EVERY and not (syncing and syncing.is_alive()):
+                    syncing, synced = sync_in_background(driver, data_path), hashed
                 continue
             if delay == POLL_MIN and clock() - last_data < POLL_MAX:
                 # Just caught up with the writer: more bytes are the likely news, so

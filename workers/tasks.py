@@ -151,7 +151,7 @@ def prehash(self: Task[Any, Any], upload_id: str) -> dict[str, Any]:
     """Hash upload ``upload_id``'s staged bytes while they arrive."""
     settings = _settings()
     # Stop before the soft time limit, cleanly, rather than be killed by it.
-    limit = settings.time_limit(settings.max_blob_size)
+    limit = settings.max_time_limit()
     try:
         return prehash_upload(
             _driver(settings.storage_root),

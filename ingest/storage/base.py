@@ -11,7 +11,9 @@ suite (``tests/unit/storage/contract.py``) holds every backend to them.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -25,6 +27,7 @@ __all__ = [
     "StorageDriver",
     "StorageError",
     "check_path",
+    "sync_in_background",
 ]
 
 # One path component: no empty, '.' or '..' components, nothing outside a
@@ -146,3 +149,17 @@ class StorageDriver(Protocol):
 
     def walk(self, path: str) -> Iterator[FileInfo]:
         """Every object (not directory) below ``path``, depth first. Empty if missing."""
+
+
+def sync_in_background(driver: StorageDriver, path: str) -> threading.Thread:
+    """Start ``driver.sync(path)`` on a daemon thread and return it. Best effort: a
+    failure is swallowed, because the ``move`` that follows fsyncs again and reports
+    any real error."""
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            driver.sync(path)
+
+    t = threading.Thread(target=run, name="ingest-early-sync", daemon=True)
+    t.start()
+    return t
