@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 from ingest.config import ConfigError, Settings, parse_duration
 from ingest.errors import EXIT_USAGE, IngestError
+from ingest.queue import WORKER_QUEUES
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -398,7 +399,7 @@ def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
         "workers.app",
         "worker",
         "-Q",
-        "verify,prehash,maintenance",
+        WORKER_QUEUES,
         "--loglevel",
         "INFO",
     ]

@@ -27,6 +27,7 @@ __all__ = [
     "TASK_PURGE",
     "TASK_RECONCILE",
     "TASK_VERIFY",
+    "WORKER_QUEUES",
     "CeleryTaskQueue",
     "TaskInfo",
     "TaskQueue",
@@ -43,6 +44,8 @@ QUEUE_VERIFY = "verify"
 QUEUE_PREHASH = "prehash"
 #: Housekeeping runs on its own queue so it never waits behind large verifications.
 QUEUE_MAINTENANCE = "maintenance"
+#: What a general-purpose worker consumes (``celery worker -Q``).
+WORKER_QUEUES = ",".join((QUEUE_VERIFY, QUEUE_PREHASH, QUEUE_MAINTENANCE))
 #: Custom task state reported while a verification streams the staged bytes.
 STATE_PROGRESS = "PROGRESS"
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from ingest.queue import WORKER_QUEUES
+
 __all__ = ["Frontend", "Service", "Worker"]
 
 
@@ -178,7 +180,7 @@ class Worker(Service):
             "workers.app",
             "worker",
             "-Q",
-            "verify,prehash,maintenance",
+            WORKER_QUEUES,
             "-n",
             self.name,
             "-c",
