@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.data import TARSUM_VECTORS
 from tests.integration.conftest import Stack
 from workers.localredis import free_port
 
@@ -70,14 +71,9 @@ def test_push_uploads_in_chunks_and_prints_the_committed_digest(
 
 def test_push_from_stdin_with_a_tarsum_claim(shared_stack: Stack, url: str) -> None:
     layer = (
-        Path(__file__).resolve().parents[2].parent
-        / "shared"
-        / "vectors"
-        / "tarsum"
-        / ("testdata/46af0962ab5afeb5ce6740d4d91652e69206fc991fd5328c1a94d364ad00e457/layer.tar")
+        TARSUM_VECTORS
+        / "testdata/46af0962ab5afeb5ce6740d4d91652e69206fc991fd5328c1a94d364ad00e457/layer.tar"
     )
-    if not layer.exists():
-        pytest.skip("tarsum vectors missing")
     run = subprocess.run(
         [
             sys.executable,

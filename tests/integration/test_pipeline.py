@@ -17,6 +17,7 @@ from ingest import paths
 from ingest.digests import parse_digest
 from ingest.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid
 from ingest.queue import TASK_VERIFY
+from tests.data import TARSUM_VECTORS
 from tests.integration.conftest import Stack, stage_large, wait_for_progress
 from workers.localredis import free_port
 
@@ -232,18 +233,13 @@ def test_killing_the_worker_child_mid_verification_redelivers_and_commits_once(
         assert blob.size == size
 
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "tarsum"
+VECTORS = TARSUM_VECTORS
 LAYER_46AF = "testdata/46af0962ab5afeb5ce6740d4d91652e69206fc991fd5328c1a94d364ad00e457/layer.tar"
 TARSUM_46AF = "tarsum.v1+sha256:41cd5c911333ee394776e432fc5a27cc82dfea313e5feff965e31c0fddd9213d"
 
 
 def _layer() -> bytes:
-    path = VECTORS / LAYER_46AF
-    if not path.exists():
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"tarsum vectors missing at {VECTORS}")
-        pytest.skip(f"tarsum vectors missing at {VECTORS}")
-    return path.read_bytes()
+    return (VECTORS / LAYER_46AF).read_bytes()
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["tar", "tar.gz"])
