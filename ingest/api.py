@@ -208,12 +208,25 @@ class Ingest:
         self, info: UploadInfo, record: UploadRecord, claimed: Digest, size: int | None
     ) -> Ticket:
         upload_id = info.id
-        staged = self.staging.size(upload_id)
-        if size is not None and size != staged:
+        if size is not None and size != (staged := self.staging.size(upload_id)):
+            # Refused while the upload is still open: the client may append the rest.
             raise SizeInvalid(
                 f"upload has {staged} bytes, {size} were claimed",
                 {"claimed": size, "computed": staged},
             )
+        # Freeze first, record second: from here no byte can be added, and the size
+        # recorded is the size the verification will hash and the commit will move.
+        staged = self.staging.seal(upload_id)
+        if size is not None and size != staged:
+            # A write finished between the check above and the seal.
+            error = SizeInvalid(
+                f"upload has {staged} bytes, {size} were claimed",
+                {"claimed": size, "computed": staged, "upload_id": upload_id},
+            )
+            self.staging.transition(
+                upload_id, record, UploadState.FAILED, size=staged, error=error.to_dict()
+            )
+            raise error
         if staged > self.settings.max_blob_size:
             raise SizeInvalid(
                 "blob exceeds the maximum size", {"limit": self.settings.max_blob_size}
@@ -251,8 +264,13 @@ class Ingest:
                 time_limit=self.settings.time_limit(staged),
                 repository=info.repository,
             )
-        except StorageUnavailable:
-            self.staging.transition(upload_id, new, record.state)
+        except StorageUnavailable as exc:
+            # The data is sealed, so the upload cannot reopen: leave it failed with
+            # the fault, where a repeated finish or a retry picks it up.
+            if record.state is UploadState.FAILED:
+                self.staging.write_state(upload_id, record)
+            else:
+                self.staging.transition(upload_id, new, UploadState.FAILED, error=exc.to_dict())
             raise
         return Ticket(upload_id, task_id, self.queue)
 
@@ -282,7 +300,7 @@ class Ingest:
             raise BlobUploadInvalid("no digest to verify against", {"upload_id": upload_id})
         new_verifier(parse_digest(claim))
         return self._enqueue(
-            info, record, claim, record.expected_size, self.staging.size(upload_id)
+            info, record, claim, record.expected_size, self.staging.seal(upload_id)
         )
 
     def status(self, upload_id: str) -> UploadStatus:

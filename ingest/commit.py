@@ -9,10 +9,11 @@ atomic, repeatable storage operation, and progress is recorded in storage
 *before* the step that destroys its input:
 
 1. ``result.json`` exists → return it (already committed).
-2. Stream the staged bytes once, computing the canonical sha256 and the claimed
-   digest together -- or, when a worker hashed the same bytes while they arrived
-   (:mod:`ingest.prehash`) and got the claimed sha256, take that. Mismatch →
-   state ``failed`` with the error, data kept.
+2. Seal the staged data (``finish`` sealed it already; this covers a finish by an
+   older frontend). Then stream the staged bytes once, computing the canonical
+   sha256 and the claimed digest together -- or, when a worker hashed the same
+   bytes while they arrived (:mod:`ingest.prehash`) and got the claimed sha256,
+   take that. Mismatch → state ``failed`` with the error, data kept.
 3. Record ``verified`` (canonical digest, size) in ``state.json``. Only now may
    the staged data disappear, because a rerun that finds it gone can trust this
    record instead of re-hashing.
@@ -21,6 +22,14 @@ atomic, repeatable storage operation, and progress is recorded in storage
    same bytes under the same name.
 5. Write the links (atomic temp + rename; same content if repeated).
 6. Write ``result.json`` (atomic), then remove the staging data.
+
+**The integrity invariant**: the bytes committed under a digest are exactly the
+bytes that were hashed. It rests on the seal (``StorageDriver.seal``): hashing
+starts only on sealed data, a sealed object takes no write from any writer however
+old, and the seal moves with the object, so the bytes read in step 2 are the bytes
+step 4 renames into place. The size read to the end must equal the size ``finish``
+froze, and the placed blob must have it too, before anything links to it.
+``tests/unit/test_integrity.py`` injects a late write at every step.
 
 A crash between any two steps leaves a state from which a rerun completes the
 commit, and no state in which a link names a missing blob. A lease would only
@@ -54,6 +63,7 @@ from ingest.errors import (
     IngestError,
     SizeInvalid,
     StorageUnavailable,
+    Unknown,
 )
 from ingest.prehash import await_prehash
 from ingest.storage.base import PathNotFound, StorageDriver, sync_in_background
@@ -72,6 +82,15 @@ PROGRESS_MIN_SIZE = 32 << 20
 
 #: ``progress(done_bytes, total_bytes)``
 Progress = Callable[[int, int], None]
+#: ``on_step(name)``: called after each step of a commit (a seam for tests that
+#: inject faults and races between steps). Names: ``sealed``, ``hashed``,
+#: ``checked``, ``recorded``, ``placing`` (just before the rename), ``placed``,
+#: ``linked``, ``committed``.
+StepHook = Callable[[str], None]
+
+
+def _no_step(name: str) -> None:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +163,9 @@ def mark_failed(
         record = staging.state(upload_id)
     except BlobUploadUnknown:
         return
-    if task_id is not None and record.task_id is not None and record.task_id != task_id:
+    if task_id is not None and record.task_id != task_id:
+        return  # another attempt's upload (or one never finished): not ours to judge
+    if record.state is UploadState.OPEN:
         return
     if record.state is UploadState.FAILED and record.error == error.to_dict():
         return  # already recorded (the task body records before the result is visible)
@@ -161,12 +182,14 @@ def commit_upload(
     task_id: str | None = None,
     chunk_size: int = VERIFY_CHUNK,
     limits: VerifierLimits | None = None,
+    on_step: StepHook = _no_step,
 ) -> dict[str, Any]:
     """Verify upload ``upload_id`` against ``claimed_digest`` and commit it.
 
     Returns the committed result (a JSON-safe dict). Raises DigestInvalid or
     SizeInvalid (recorded in the upload's state, data kept for a retry),
-    BlobUploadUnknown, or StorageUnavailable (transient: retry the call).
+    BlobUploadUnknown, BlobUploadInvalid (an upload that was never finished, or a
+    superseded attempt), or StorageUnavailable (transient: retry the call).
     """
     started = time.monotonic()
     staging = Staging(driver)
@@ -185,6 +208,13 @@ def commit_upload(
             "verification attempt superseded by a newer one",
             {"reason": "superseded", "upload_id": upload_id, "task_id": task_id},
         )
+    if record.state is UploadState.OPEN or record.size is None:
+        # Only finish() freezes an upload and records its size; a task naming an
+        # upload that is still being written is not acted on (and not recorded).
+        raise BlobUploadInvalid(
+            "upload is not finished",
+            {"reason": "not-finished", "upload_id": upload_id, "state": record.state.value},
+        )
     data_path = paths.upload_data_path(upload_id)
 
     verified = _recorded_verification(record, claimed)
@@ -192,7 +222,14 @@ def commit_upload(
     flusher: threading.Thread | None = None
     prehashed = False
     if verified is None:
-        computed = _prehashed(driver, upload_id, claimed, record)
+        try:
+            # From here the staged bytes cannot change (see the module docstring).
+            frozen = driver.seal(data_path)
+        except PathNotFound:
+            frozen = None  # gone: handled with the same case below
+        on_step("sealed")
+        if frozen == record.size:
+            computed = _prehashed(driver, upload_id, claimed, record)
         prehashed = computed is not None
         if computed is None:
             # Flush the staged bytes to disk while we hash them: the fsync before the
@@ -229,6 +266,7 @@ def commit_upload(
         assert computed is not None
         if flusher is not None:
             flusher.join()
+        on_step("hashed")
         try:
             _check(computed, claimed, expected_size, record)
         except (DigestInvalid, SizeInvalid, BlobUploadInvalid) as exc:
@@ -237,6 +275,7 @@ def commit_upload(
             exc.args = (exc.message, exc.detail)
             mark_failed(staging, upload_id, exc, task_id)
             raise
+        on_step("checked")
         verified = {
             "canonical": computed.canonical,
             "claimed": str(claimed),
@@ -248,14 +287,17 @@ def commit_upload(
             # Only a claim in another algorithm needs this record: for a sha256
             # claim the blob's own path proves the verification (see _in_store).
             record = staging.transition(upload_id, record, UploadState.VERIFIED, verified=verified)
+        on_step("recorded")
 
     canonical = parse_digest(verified["canonical"])
     size = int(verified["size"])
-    deduplicated = _place_blob(blobs, driver, data_path, canonical, size, upload_id)
+    deduplicated = _place_blob(blobs, driver, data_path, canonical, size, upload_id, on_step)
+    on_step("placed")
 
     blobs.link(info.repository, canonical, canonical)
     if claimed != canonical:
         blobs.link(info.repository, claimed, canonical)
+    on_step("linked")
 
     result: dict[str, Any] = {
         "status": "committed",
@@ -277,6 +319,7 @@ def commit_upload(
     staging.transition(upload_id, record, UploadState.COMMITTED, durable=False)
     with contextlib.suppress(PathNotFound):  # already moved into the blob store
         driver.delete(data_path)
+    on_step("committed")
     return result
 
 
@@ -366,12 +409,14 @@ def _place_blob(
     canonical: Digest,
     size: int,
     upload_id: str,
+    on_step: StepHook,
 ) -> bool:
     """Get the verified bytes to ``/blobs/…``; True if the blob was already there."""
     # A blob of the wrong size under a content address is damage, not a dedup hit:
     # it is replaced by the bytes just verified.
     if blobs.exists(canonical) == size:
         return True
+    on_step("placing")
     try:
         driver.move(data_path, paths.blob_data_path(canonical))
     except PathNotFound:
@@ -382,4 +427,12 @@ def _place_blob(
         raise BlobUploadUnknown(
             "staged data vanished before it was committed", {"upload_id": upload_id}
         ) from None
+    placed = blobs.exists(canonical)
+    if placed != size:
+        # Cannot happen while every writer honours the seal; if one did not, nothing
+        # may link to what it left (fsck reports the blob).
+        raise Unknown(
+            "the placed blob does not have the verified size",
+            {"upload_id": upload_id, "digest": str(canonical), "size": size, "placed": placed},
+        )
     return False

@@ -14,6 +14,14 @@ Lifecycle (``state.json``)::
 ``cancel`` removes the directory; afterwards the id is BLOB_UPLOAD_UNKNOWN.
 ``result.json`` is written once, after the links, and is authoritative: an
 upload with a result is committed whatever ``state.json`` says.
+
+**Freezing.** ``finish`` seals the staged data (:meth:`Staging.seal`, the storage
+driver's ``seal``) *before* it records ``finishing``, and the verification seals it
+again before it reads a byte. Writes check the seal under the driver's lock, not
+the state file, so a request that is still streaming when ``finish`` runs -- or a
+handle opened long before -- cannot add a byte after the freeze, wherever the bytes
+are moved later. Sealed data never takes writes again, so an upload never goes
+back to ``open``.
 """
 
 from __future__ import annotations
@@ -36,7 +44,13 @@ from ingest.errors import (
     UploadClosed,
 )
 from ingest.names import validate_name
-from ingest.storage.base import FileWriter, PathNotFound, StorageDriver
+from ingest.storage.base import (
+    FileWriter,
+    InvalidOffset,
+    ObjectSealed,
+    PathNotFound,
+    StorageDriver,
+)
 
 __all__ = [
     "Staging",
@@ -190,6 +204,15 @@ class Staging:
                 return record.size
             raise BlobUploadUnknown(detail={"upload_id": upload_id}) from None
 
+    def seal(self, upload_id: str) -> int:
+        """Freeze the staged data and return its final size: no write can change it
+        afterwards (see the module docstring). Idempotent. BlobUploadUnknown if the
+        data is gone (cancelled, or already moved into the blob store)."""
+        try:
+            return self.driver.seal(paths.upload_data_path(upload_id))
+        except PathNotFound:
+            raise BlobUploadUnknown(detail={"upload_id": upload_id}) from None
+
     def last_activity(self, upload_id: str) -> float:
         """The latest of the last staged write and the last state change."""
         times = [self.state(upload_id).updated_at]
@@ -223,8 +246,9 @@ class UploadWriter:
     """Sequential writes to one open upload (the seed design's WriteSeeker + ReaderFrom).
 
     Writes are strictly sequential: ``write_at`` must start at the current size.
-    Every write first checks that the session is still ``open``, so once any
-    process has called ``finish`` no more bytes can land in the staged blob.
+    The handle checks that the upload is ``open`` when it first writes; after that
+    the storage seal is the guard: once any process has called ``finish``, every
+    write through this handle fails with BlobUploadInvalid and adds nothing.
     """
 
     def __init__(
@@ -239,9 +263,9 @@ class UploadWriter:
         self.info = info
         self.max_size = max_size
         self.sync_on_close = sync_on_close
-        #: The lifecycle record as last read (or known) by this handle.
+        #: The lifecycle record as last read (or known) by this handle. A caller that
+        #: read it a moment ago may set it, to save the first write a state read.
         self.known_record: UploadRecord | None = None
-        self.last_record: UploadRecord | None = None
         self._writer: FileWriter | None = None
         self._closed = False
 
@@ -273,25 +297,59 @@ class UploadWriter:
         if self._closed:
             raise UploadClosed(detail={"upload_id": self.id})
 
+    def _refused(self, state: str) -> BlobUploadInvalid:
+        return BlobUploadInvalid(
+            f"upload is {state}; it takes no more data", {"upload_id": self.id, "state": state}
+        )
+
     def _writable(self) -> FileWriter:
         self._check_open_handle()
-        # A record read by whoever opened this handle a moment ago stands for the
-        # first write; every later write reads the state again.
-        record, self.known_record = self.known_record or self._staging.state(self.id), None
-        self.last_record = record
-        if record.state is not UploadState.OPEN:
-            raise BlobUploadInvalid(
-                f"upload is {record.state.value}; it takes no more data",
-                {"upload_id": self.id, "state": record.state.value},
-            )
         if self._writer is None:
+            # The state gives a precise refusal early; the seal is what enforces it.
+            record = self.known_record or self._staging.state(self.id)
+            self.known_record = record
+            if record.state is not UploadState.OPEN:
+                raise self._refused(record.state.value)
             try:
                 self._writer = self._staging.driver.writer(
                     paths.upload_data_path(self.id), append=True
                 )
             except PathNotFound:
-                raise BlobUploadUnknown(detail={"upload_id": self.id}) from None
+                raise self._gone() from None
+            except ObjectSealed:
+                raise self._refused("finishing") from None
         return self._writer
+
+    def _gone(self) -> BlobUploadInvalid | BlobUploadUnknown:
+        """The error for staged data that disappeared: committed (moved into the
+        blob store) is BlobUploadInvalid; cancelled is BlobUploadUnknown."""
+        try:
+            state = UploadState.COMMITTED if self._staging.result(self.id) else None
+            state = state or self._staging.state(self.id).state
+        except BlobUploadUnknown as exc:
+            return exc
+        if state is UploadState.OPEN:
+            return BlobUploadUnknown("staged data is missing", {"upload_id": self.id})
+        return self._refused(state.value)
+
+    def _append(self, w: FileWriter, data: bytes | bytearray | memoryview) -> None:
+        """One append, with the driver's refusals translated."""
+        before = w.size
+        self._check_limit(before, len(data))
+        try:
+            w.write(data)
+        except ObjectSealed:
+            raise self._refused("finishing") from None
+        except PathNotFound:
+            raise self._gone() from None
+        except InvalidOffset:
+            # Another writer appended meanwhile: this one's offset is stale.
+            current = self._staging.size(self.id)
+            raise RangeInvalid(
+                "the upload grew through another request",
+                {"offset": current, "requested": before, "upload_id": self.id},
+            ) from None
+        self._grew(before, w.size)
 
     def _check_limit(self, current: int, adding: int) -> None:
         if self.max_size is not None and current + adding > self.max_size:
@@ -302,12 +360,8 @@ class UploadWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append ``data`` at the current end."""
-        w = self._writable()
-        before = w.size
-        self._check_limit(before, len(data))
-        n = w.write(data)
-        self._grew(before, w.size)
-        return n
+        self._append(self._writable(), data)
+        return len(data)
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` at ``offset``, which must be the current size (RangeInvalid
@@ -319,10 +373,8 @@ class UploadWriter:
                 f"write at offset {offset}, but the upload has {current} bytes",
                 {"offset": current, "requested": offset, "upload_id": self.id},
             )
-        self._check_limit(current, len(data))
-        n = w.write(data)
-        self._grew(current, w.size)
-        return n
+        self._append(w, data)
+        return len(data)
 
     def read_from(self, stream: BinaryIO, *, limit: int | None = None) -> int:
         """Append everything ``stream`` yields (or ``limit`` bytes); return the count.
@@ -336,11 +388,8 @@ class UploadWriter:
             n = stream.readinto(view[:want])  # type: ignore[attr-defined]
             if not n:
                 break
-            before = w.size
-            self._check_limit(before, n)
-            w.write(view[:n])
+            self._append(w, view[:n])
             total += n
-            self._grew(before, w.size)
         return total
 
     def _grew(self, before: int, after: int) -> None:

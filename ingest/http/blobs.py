@@ -321,7 +321,7 @@ def _append_and_finish(
 ) -> Ticket:
     if body or crange is not None:
         up = _append_small(ing, name, upload_id, body, crange)
-        return ing._finish(up.info, claimed, None, known=up.last_record)
+        return ing._finish(up.info, claimed, None, known=up.known_record)
     return ing.finish(name, upload_id, claimed)
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "FileWriter",
     "InvalidOffset",
     "InvalidPath",
+    "ObjectSealed",
     "PathNotFound",
     "StorageDriver",
     "StorageError",
@@ -56,7 +57,12 @@ class InvalidPath(StorageError):
 
 
 class InvalidOffset(StorageError):
-    """A read or write offset the object cannot honour."""
+    """A read or write offset the object cannot honour, or an append by a writer
+    whose idea of the object's size is stale (another writer appended meanwhile)."""
+
+
+class ObjectSealed(StorageError):
+    """The object was sealed (:meth:`StorageDriver.seal`): it takes no more bytes."""
 
 
 def check_path(path: str) -> str:
@@ -89,10 +95,18 @@ class FileWriter(Protocol):
 
     @property
     def size(self) -> int:
-        """Bytes in the object so far, including those written before this writer."""
+        """Bytes in the object as this writer knows it (its own appends included):
+        where its next write lands."""
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        """Append ``data``; return the number of bytes written (all of them)."""
+        """Append ``data`` at :attr:`size`; return the number of bytes written (all).
+
+        All or nothing with respect to a seal: ObjectSealed if the object was sealed,
+        however long ago this writer was opened and wherever the object was moved
+        since, and then none of ``data`` reaches the object. PathNotFound if the
+        object was deleted. InvalidOffset if another writer appended since this one
+        last wrote. In each case nothing is written.
+        """
 
     def commit(self) -> None:
         """Make everything written durable (flush + fsync). The writer stays usable."""
@@ -125,7 +139,19 @@ class StorageDriver(Protocol):
 
     def writer(self, path: str, append: bool = False) -> FileWriter:
         """A writer to ``path``: truncated unless ``append``. With ``append`` the
-        object must exist (PathNotFound otherwise)."""
+        object must exist (PathNotFound otherwise). ObjectSealed if it is sealed."""
+
+    def seal(self, path: str) -> int:
+        """Freeze the object at ``path`` and return its final size.
+
+        Waits for a write in progress to end. From then on no writer -- opened before
+        or after, in any process -- can change the object: its writes raise
+        ObjectSealed. The seal belongs to the object, so it travels with ``move``;
+        ``put_content`` at the path stores a new, unsealed object. Idempotent.
+        PathNotFound if missing.
+
+        This is what makes a verification mean something: bytes hashed after the
+        seal are the bytes any later ``move`` carries."""
 
     def stat(self, path: str) -> FileInfo:
         """Size, modification time and kind of ``path``. PathNotFound if missing."""

@@ -5,26 +5,71 @@ it, renames it into place and fsyncs the directory (``durable=False`` skips the
 fsyncs, for records that can be rebuilt); ``move`` fsyncs the source before
 renaming and the directories after. A crash therefore leaves either the old or
 the new object, plus at worst a stray ``.tmp-*`` file for the purge job.
+
+Seals (:meth:`FilesystemDriver.seal`): a sealed file is one with no write
+permission bits. Every append takes an exclusive lock on the file (``flock`` on
+its own descriptor, plus an in-process lock, because on NFS ``flock`` is emulated
+with POSIX locks that do not exclude threads of one process), then checks the
+mode and size of the open descriptor before writing. ``seal`` takes the same
+lock to clear the write bits. So a write either ends before the seal or sees it,
+and because the mode belongs to the inode, a descriptor opened long before (which
+keeps writing into the inode wherever it is renamed to) sees it too. This holds on
+local filesystems, CephFS and NFSv4; every writer must go through this driver.
+
+Permissions: files are created with ``file_mode`` (default 0640) and directories
+with ``dir_mode`` (0750); the umask can only take bits away. Sealed files, which
+include every committed blob, keep the read bits of ``file_mode`` only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import shutil
+import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from ingest.errors import StorageUnavailable
-from ingest.storage.base import FileInfo, InvalidOffset, PathNotFound, StorageError, check_path
+from ingest.storage.base import (
+    FileInfo,
+    InvalidOffset,
+    ObjectSealed,
+    PathNotFound,
+    StorageError,
+    check_path,
+)
 
-__all__ = ["FilesystemDriver"]
+__all__ = ["DEFAULT_DIR_MODE", "DEFAULT_FILE_MODE", "FilesystemDriver"]
 
 TMP_MARKER = ".tmp-"
 _PUT_ATTEMPTS = 5
+DEFAULT_FILE_MODE = 0o640
+DEFAULT_DIR_MODE = 0o750
+_WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+# In-process half of the append/seal lock, striped by inode (see the module docstring).
+_STRIPES = tuple(threading.Lock() for _ in range(64))
+
+
+def _is_sealed(st: os.stat_result) -> bool:
+    return not st.st_mode & _WRITE_BITS
+
+
+@contextlib.contextmanager
+def _locked(fd: int, inode: tuple[int, int]) -> Iterator[os.stat_result]:
+    """Hold the append/seal lock of the file open as ``fd``; yields its fresh stat."""
+    with _STRIPES[hash(inode) % len(_STRIPES)]:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield os.fstat(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -53,38 +98,63 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class _FileWriter:
-    def __init__(self, full: Path, logical: str, append: bool) -> None:
+    def __init__(self, full: Path, logical: str, append: bool, file_mode: int) -> None:
         self._logical = logical
-        # Unbuffered: callers already write in large slices, and commit() then only
-        # has to fsync.
-        self._f: BinaryIO | None = open(full, "ab" if append else "wb", buffering=0)  # noqa: SIM115
         self._full = full
-        self._size = os.fstat(self._f.fileno()).st_size
+        flags = os.O_WRONLY | os.O_APPEND | (0 if append else os.O_CREAT)
+        try:
+            fd = os.open(full, flags, file_mode)
+        except PermissionError:
+            # Without root, a sealed file cannot even be opened for writing.
+            if _is_sealed(os.stat(full)):
+                raise ObjectSealed(logical, "object is sealed") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            self._inode = (st.st_dev, st.st_ino)
+            with _locked(fd, self._inode) as st:
+                if _is_sealed(st):
+                    raise ObjectSealed(logical, "object is sealed")
+                if not append:
+                    os.ftruncate(fd, 0)
+                    os.fchmod(fd, file_mode)  # exact, whatever the umask
+                self._size = st.st_size if append else 0
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
 
     @property
     def size(self) -> int:
         return self._size
 
-    def _file(self) -> BinaryIO:
-        if self._f is None:
+    def _file(self) -> int:
+        if self._fd is None:
             raise StorageError(self._logical, "writer is closed")
-        return self._f
+        return self._fd
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        f = self._file()
-        view = memoryview(data)
-        with _mapped(self._logical):
-            while view:  # raw writes may be short
-                n = f.write(view)
-                if n is None:  # pragma: no cover - only for non-blocking files
-                    continue
+        fd = self._file()
+        view = memoryview(data).cast("B")
+        total = len(view)
+        with _mapped(self._logical), _locked(fd, self._inode) as st:
+            if _is_sealed(st):
+                raise ObjectSealed(self._logical, "object is sealed")
+            if st.st_nlink == 0:
+                raise PathNotFound(self._logical, "deleted while writing")
+            if st.st_size != self._size:
+                raise InvalidOffset(
+                    self._logical, f"object has {st.st_size} bytes, writer expected {self._size}"
+                )
+            while view:  # writes may be short
+                n = os.write(fd, view)
                 self._size += n
                 view = view[n:]
-        return len(data)
+        return total
 
     def commit(self) -> None:
         with _mapped(self._logical):
-            os.fsync(self._file().fileno())
+            os.fsync(self._file())
 
     def cancel(self) -> None:
         self.close()
@@ -92,9 +162,9 @@ class _FileWriter:
             self._full.unlink()
 
     def close(self) -> None:
-        if self._f is not None:
-            f, self._f = self._f, None
-            f.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 class FilesystemDriver:
@@ -102,9 +172,22 @@ class FilesystemDriver:
 
     name = "filesystem"
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        file_mode: int = DEFAULT_FILE_MODE,
+        dir_mode: int = DEFAULT_DIR_MODE,
+    ) -> None:
+        if not file_mode & stat.S_IWUSR or file_mode & ~0o777:
+            # Without the owner's write bit every new file would look sealed.
+            raise ValueError(f"file mode {file_mode:#o} must be within 0777 and owner-writable")
+        if dir_mode & 0o700 != 0o700 or dir_mode & ~0o777:
+            raise ValueError(f"directory mode {dir_mode:#o} must be within 0777, rwx for the owner")
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=dir_mode, parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"FilesystemDriver({str(self.root)!r})"
@@ -122,7 +205,7 @@ class FilesystemDriver:
             d = d.parent
         for m in reversed(missing):
             with contextlib.suppress(FileExistsError):
-                m.mkdir()
+                m.mkdir(mode=self.dir_mode)
             if durable:
                 _fsync_dir(m.parent)
 
@@ -139,7 +222,7 @@ class FilesystemDriver:
             for attempt in range(_PUT_ATTEMPTS):
                 self._makedirs(full.parent, durable=durable)
                 try:
-                    self._write_and_replace(full, content, durable)
+                    self._write_and_replace(full, content, durable, self.file_mode)
                     break
                 except FileNotFoundError:
                     # A concurrent delete removed the parent between our mkdir and
@@ -154,11 +237,12 @@ class FilesystemDriver:
                     _fsync_dir(full.parent)
 
     @staticmethod
-    def _write_and_replace(full: Path, content: bytes, durable: bool) -> None:
+    def _write_and_replace(full: Path, content: bytes, durable: bool, mode: int) -> None:
         # Fixed-length name: a target name near NAME_MAX must still fit.
         tmp = full.with_name(f"{TMP_MARKER}{secrets.token_hex(8)}")
         try:
-            with open(tmp, "wb", buffering=0) as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with open(fd, "wb", buffering=0) as f:
                 view = memoryview(content)
                 while view:
                     n = f.write(view)
@@ -197,7 +281,29 @@ class FilesystemDriver:
                 # Durability of staged bytes comes from commit() and the fsync in
                 # move(); the directory entry needs no sync of its own here.
                 self._makedirs(full.parent, durable=False)
-            return _FileWriter(full, path, append)
+            return _FileWriter(full, path, append, self.file_mode)
+
+    def seal(self, path: str) -> int:
+        full = self._full(path)
+        with _mapped(path):
+            if full.is_dir():
+                raise PathNotFound(path, "is a directory")
+            try:
+                fd = os.open(full, os.O_RDWR)  # NFS: an exclusive lock needs a writable fd
+            except PermissionError:
+                # Not writable to us: already sealed (or not ours to seal at all).
+                st = os.stat(full)
+                if _is_sealed(st):
+                    return st.st_size
+                raise
+            try:
+                st = os.fstat(fd)
+                with _locked(fd, (st.st_dev, st.st_ino)) as st:
+                    if not _is_sealed(st):
+                        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~_WRITE_BITS)
+                    return st.st_size
+            finally:
+                os.close(fd)
 
     def stat(self, path: str) -> FileInfo:
         full = self._full(path) if path != "/" else self.root

@@ -8,30 +8,55 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from ingest.storage.base import FileInfo, InvalidOffset, PathNotFound, StorageError, check_path
+from ingest.storage.base import (
+    FileInfo,
+    InvalidOffset,
+    ObjectSealed,
+    PathNotFound,
+    StorageError,
+    check_path,
+)
 
 __all__ = ["MemoryDriver"]
 
 
+class _Object(bytearray):
+    """A stored object. Writers hold the object itself, not its path, so like a file
+    descriptor they follow it through a ``move``; the seal is part of the object."""
+
+    sealed = False
+    unlinked = False  # deleted, or replaced by another object at its path
+
+
 class _MemoryWriter:
-    def __init__(self, driver: MemoryDriver, path: str) -> None:
+    def __init__(self, driver: MemoryDriver, path: str, obj: _Object) -> None:
         self._driver = driver
         self._path = path
+        self._obj = obj
+        self._size = len(obj)
         self._closed = False
 
     @property
     def size(self) -> int:
-        return len(self._driver._objects.get(self._path, b""))
+        return self._size
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         if self._closed:
             raise StorageError(self._path, "writer is closed")
         with self._driver._lock:
-            buf = self._driver._objects.get(self._path)
-            if buf is None:
+            obj = self._obj
+            if obj.sealed:
+                raise ObjectSealed(self._path, "object is sealed")
+            if obj.unlinked:
                 raise PathNotFound(self._path, "deleted while writing")
-            buf += data
-            self._driver._mtimes[self._path] = time.time()
+            if len(obj) != self._size:
+                raise InvalidOffset(
+                    self._path, f"object has {len(obj)} bytes, writer expected {self._size}"
+                )
+            obj += data
+            self._size = len(obj)
+            if self._driver._objects.get(self._path) is obj:
+                self._driver._mtimes[self._path] = time.time()
         return len(data)
 
     def commit(self) -> None:
@@ -41,8 +66,8 @@ class _MemoryWriter:
     def cancel(self) -> None:
         self._closed = True
         with self._driver._lock:
-            self._driver._objects.pop(self._path, None)
-            self._driver._mtimes.pop(self._path, None)
+            if self._driver._objects.get(self._path) is self._obj:
+                self._driver._drop(self._path)
 
     def close(self) -> None:
         self._closed = True
@@ -54,9 +79,15 @@ class MemoryDriver:
     name = "memory"
 
     def __init__(self) -> None:
-        self._objects: dict[str, bytearray] = {}
+        self._objects: dict[str, _Object] = {}
         self._mtimes: dict[str, float] = {}
         self._lock = threading.RLock()
+
+    def _drop(self, path: str) -> None:
+        obj = self._objects.pop(path, None)
+        if obj is not None:
+            obj.unlinked = True
+        self._mtimes.pop(path, None)
 
     def _is_dir(self, path: str) -> bool:
         if path == "/":
@@ -73,7 +104,8 @@ class MemoryDriver:
 
     def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         with self._lock:
-            self._objects[check_path(path)] = bytearray(content)
+            self._drop(check_path(path))
+            self._objects[path] = _Object(content)
             self._mtimes[path] = time.time()
 
     def reader(self, path: str, offset: int = 0) -> BinaryIO:
@@ -87,13 +119,28 @@ class MemoryDriver:
     def writer(self, path: str, append: bool = False) -> _MemoryWriter:
         check_path(path)
         with self._lock:
+            obj = self._objects.get(path)
+            if obj is not None and obj.sealed:
+                raise ObjectSealed(path, "object is sealed")
             if append:
-                if path not in self._objects:
+                if obj is None:
                     raise PathNotFound(path, "not found")
-            else:
-                self._objects[path] = bytearray()
+            elif obj is None:
+                obj = self._objects[path] = _Object()
                 self._mtimes[path] = time.time()
-        return _MemoryWriter(self, path)
+            else:
+                del obj[:]
+                self._mtimes[path] = time.time()
+            return _MemoryWriter(self, path, obj)
+
+    def seal(self, path: str) -> int:
+        with self._lock:
+            try:
+                obj = self._objects[check_path(path)]
+            except KeyError:
+                raise PathNotFound(path, "not found") from None
+            obj.sealed = True
+            return len(obj)
 
     def stat(self, path: str) -> FileInfo:
         with self._lock:
@@ -132,6 +179,8 @@ class MemoryDriver:
             except KeyError:
                 raise PathNotFound(source, "not found") from None
             self._mtimes.pop(source, None)
+            if self._objects.get(dest) is not data:
+                self._drop(dest)
             self._objects[dest] = data
             self._mtimes[dest] = time.time()
 
@@ -143,8 +192,7 @@ class MemoryDriver:
             if not doomed:
                 raise PathNotFound(path, "not found")
             for k in doomed:
-                del self._objects[k]
-                self._mtimes.pop(k, None)
+                self._drop(k)
 
     def walk(self, path: str) -> Iterator[FileInfo]:
         if path != "/":

@@ -162,8 +162,12 @@ def test_finish_after_the_commit_returns_the_committed_result_without_enqueuing(
         other_digest.finish(sha512(DATA))
 
 
-def test_a_broker_failure_while_finishing_reopens_the_upload(driver: StorageDriver) -> None:
+def test_a_broker_failure_while_finishing_leaves_a_failed_upload_a_repeated_finish_takes(
+    driver: StorageDriver,
+) -> None:
     class DownQueue(RecordingQueue):
+        down = True
+
         def enqueue_verify(
             self,
             upload_id: str,
@@ -174,15 +178,26 @@ def test_a_broker_failure_while_finishing_reopens_the_upload(driver: StorageDriv
             time_limit: int,
             repository: str | None = None,
         ) -> None:
-            raise StorageUnavailable("broker down")
+            if self.down:
+                raise StorageUnavailable("broker down")
+            super().enqueue_verify(upload_id, digest, size, task_id=task_id, time_limit=time_limit)
 
-    ing = Ingest(driver, DownQueue(driver))
+    queue = DownQueue(driver)
+    ing = Ingest(driver, queue)
     up = ing.start_upload(REPO)
     up.write(DATA)
     with pytest.raises(StorageUnavailable):
         up.finish(sha256(DATA))
-    assert ing.staging.state(up.id).state is UploadState.OPEN
-    assert ing.resume(REPO, up.id).offset == len(DATA)
+    record = ing.staging.state(up.id)
+    # The data was frozen before the send failed, so the upload cannot reopen...
+    assert record.state is UploadState.FAILED
+    assert record.error is not None
+    assert record.error["code"] == "UNAVAILABLE"
+    with pytest.raises(BlobUploadInvalid):
+        ing.resume(REPO, up.id)
+    # ...but the client's repeated finish goes through once the broker is back.
+    queue.down = False
+    assert ing.finish(REPO, up.id, sha256(DATA)).wait(timeout=5)["size"] == len(DATA)
 
 
 # -- wait / commit ---------------------------------------------------------------------
@@ -274,10 +289,8 @@ def test_retry_after_fixing_the_staged_bytes_commits(
     first = up.finish(sha256(intended))
     with pytest.raises(DigestInvalid):
         first.wait()
-    w = driver.writer(paths.upload_data_path(up.id))
-    w.write(intended)
-    w.commit()
-    w.close()
+    # Sealed data takes no writes: an operator repairs it by replacing the object.
+    driver.put_content(paths.upload_data_path(up.id), intended)
     ticket = ing.retry(up.id)
     assert ticket.task_id != first.task_id
     assert len(queue.calls) == 2

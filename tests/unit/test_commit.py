@@ -18,7 +18,7 @@ from ingest.api import Ingest
 from ingest.commit import commit_upload, compute_digests, mark_failed
 from ingest.digests import parse_digest
 from ingest.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, SizeInvalid
-from ingest.storage.base import PathNotFound, StorageDriver
+from ingest.storage.base import ObjectSealed, PathNotFound, StorageDriver
 from ingest.storage.filesystem import FilesystemDriver
 from ingest.storage.memory import MemoryDriver
 from ingest.uploads import UploadState
@@ -33,9 +33,12 @@ def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
     return make_driver(request.param, tmp_path)
 
 
-def _finished(ing: Ingest, data: bytes, digest: str, repo: str = REPO) -> tuple[str, str]:
-    """Stage ``data`` and finish it; return (upload id, task id)."""
-    up = ing.start_upload(repo)
+def _finished(
+    ing: Ingest, data: bytes, digest: str, repo: str = REPO, *, upload: str | None = None
+) -> tuple[str, str]:
+    """Stage ``data`` (in a new upload, or appended to ``upload``) and finish it;
+    return (upload id, task id)."""
+    up = ing.start_upload(repo) if upload is None else ing.resume(repo, upload)
     up.write(data)
     ticket = up.finish(digest)
     return up.id, ticket.task_id
@@ -329,28 +332,34 @@ def test_a_runner_racing_a_concurrent_commit_of_the_same_task_still_commits() ->
     _assert_committed_layout(driver, uid, DATA)
 
 
-def test_bytes_landing_after_finish_are_never_committed(driver: StorageDriver) -> None:
+def test_a_write_after_finish_is_refused_and_the_frozen_bytes_are_what_commits(
+    driver: StorageDriver,
+) -> None:
+    ing, _ = make_ingest(driver)
+    late = ing.start_upload(REPO)
+    late.write(DATA)  # a handle with its writer open, as a streaming request has
+    uid, tid = _finished(ing, b"", sha256(DATA), upload=late.id)
+    with pytest.raises(BlobUploadInvalid):
+        late.write(b"late")
+    with pytest.raises(ObjectSealed):
+        driver.writer(paths.upload_data_path(uid), append=True)
+    result = commit_upload(driver, uid, sha256(DATA), None, task_id=tid)
+    assert result["size"] == len(DATA)
+    assert driver.get_content(paths.blob_data_path(parse_digest(sha256(DATA)))) == DATA
+
+
+def test_staged_data_replaced_after_finish_is_recorded_as_modified_and_can_be_retried(
+    driver: StorageDriver,
+) -> None:
+    # Not a write (writes cannot touch sealed data) but a new object at the path,
+    # as an operator repairing staged bytes would make: the frozen size disagrees.
     ing, _ = make_ingest(driver)
     uid, tid = _finished(ing, DATA, sha256(DATA + b"late"))
-    w = driver.writer(paths.upload_data_path(uid), append=True)
-    w.write(b"late")
-    w.close()
+    driver.put_content(paths.upload_data_path(uid), DATA + b"late")
     with pytest.raises(BlobUploadInvalid) as info:
         commit_upload(driver, uid, sha256(DATA + b"late"), None, task_id=tid)
     assert info.value.detail["reason"] == "modified"
     assert _blob_files(driver) == []
-
-
-def test_an_upload_modified_after_finish_is_recorded_as_failed_and_can_be_retried(
-    driver: StorageDriver,
-) -> None:
-    ing, _ = make_ingest(driver)
-    uid, tid = _finished(ing, DATA, sha256(DATA + b"late"))
-    w = driver.writer(paths.upload_data_path(uid), append=True)
-    w.write(b"late")
-    w.close()
-    with pytest.raises(BlobUploadInvalid):
-        commit_upload(driver, uid, sha256(DATA + b"late"), None, task_id=tid)
     assert ing.staging.state(uid).state is UploadState.FAILED
     assert ing.retry(uid).wait()["size"] == len(DATA) + 4
 

@@ -140,18 +140,12 @@ def test_enospc_while_staging_reports_unavailable_and_keeps_the_durable_offset(
     info = staging.create("faults/staging")
     w = staging.open_writer(info.id)
     w.write(DATA[:1000])
-    real_file = w._writer._f  # type: ignore[union-attr]
 
-    class FullDisk:
-        """The open file on a filesystem that just ran out of space."""
+    def full_disk(fd: int, data: object) -> int:
+        """A write to a filesystem that just ran out of space."""
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        def write(self, data: object) -> int:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(real_file, name)
-
-    faults.monkeypatch.setattr(w._writer, "_f", FullDisk())
+    faults.monkeypatch.setattr(os, "write", full_disk)
     with pytest.raises(StorageUnavailable) as err:
         w.write(DATA[1000:2000])
     assert err.value.detail["errno"] == "ENOSPC"

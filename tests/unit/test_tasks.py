@@ -54,9 +54,19 @@ def staged(driver: FilesystemDriver, data: bytes, digest: str) -> str:
     w.close()
     record = staging.state(info.id)
     staging.transition(
-        info.id, record, UploadState.FINISHING, claimed_digest=digest, size=len(data), task_id=None
+        info.id,
+        record,
+        UploadState.FINISHING,
+        claimed_digest=digest,
+        size=len(data),
+        task_id=task_of(info.id),
     )
     return info.id
+
+
+def task_of(upload_id: str) -> str:
+    """The task id the staged upload's finish recorded (tasks act only for it)."""
+    return f"task-{upload_id}"
 
 
 def test_task_is_registered_under_its_explicit_name_with_json_only() -> None:
@@ -86,7 +96,7 @@ def test_transient_storage_faults_are_retried_then_the_upload_commits(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tasks, "commit_upload", flaky)
-    res = tasks.verify_upload.apply(args=(uid, digest, None))
+    res = tasks.verify_upload.apply(args=(uid, digest, None), task_id=task_of(uid))
     assert res.state == "SUCCESS"
     assert isinstance(res.result, dict)
     assert res.result["status"] == "committed"
@@ -106,7 +116,7 @@ def test_retries_are_bounded_and_the_final_failure_is_recorded(
         raise StorageUnavailable("disk gone", {"errno": "EIO"})
 
     monkeypatch.setattr(tasks, "commit_upload", broken)
-    res = tasks.verify_upload.apply(args=(uid, digest, None))
+    res = tasks.verify_upload.apply(args=(uid, digest, None), task_id=task_of(uid))
     assert res.state == "FAILURE"
     assert isinstance(res.result, StorageUnavailable)
     assert calls["n"] == 1 + app.conf.ingest_settings.task_max_retries
@@ -125,7 +135,9 @@ def test_progress_is_reported_as_a_custom_state_with_bytes_done_and_total(
     data = b"p" * 5000
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     uid = staged(storage, data, digest)
-    assert tasks.verify_upload.apply(args=(uid, digest, None)).state == "SUCCESS"
+    assert (
+        tasks.verify_upload.apply(args=(uid, digest, None), task_id=task_of(uid)).state == "SUCCESS"
+    )
     assert progress_calls[0] == {
         "state": "PROGRESS",
         "upload_id": uid,
@@ -137,7 +149,7 @@ def test_progress_is_reported_as_a_custom_state_with_bytes_done_and_total(
 
 def test_a_digest_mismatch_fails_once_without_retrying(storage: FilesystemDriver) -> None:
     uid = staged(storage, b"actual bytes", "sha256:" + "0" * 64)
-    res = tasks.verify_upload.apply(args=(uid, "sha256:" + "0" * 64, None))
+    res = tasks.verify_upload.apply(args=(uid, "sha256:" + "0" * 64, None), task_id=task_of(uid))
     assert res.state == "FAILURE"
     assert isinstance(res.result, DigestInvalid)
     assert res.result.detail["computed"] == "sha256:" + hashlib.sha256(b"actual bytes").hexdigest()

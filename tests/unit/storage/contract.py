@@ -7,7 +7,10 @@ fsspec's abstract tests). Tests clean up the objects they create where natural.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import string
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -18,6 +21,7 @@ from ingest.storage.base import (
     FileWriter,
     InvalidOffset,
     InvalidPath,
+    ObjectSealed,
     PathNotFound,
     StorageDriver,
     StorageError,
@@ -69,6 +73,7 @@ def _call_each_method(driver: StorageDriver) -> list[tuple[str, Callable[[str], 
         ("move-dest", lambda p: driver.move("/ok/source", p)),
         ("delete", driver.delete),
         ("sync", driver.sync),
+        ("seal", driver.seal),
     ]
 
 
@@ -230,6 +235,164 @@ class StorageDriverContract:
             w.write(b"more")
         assert driver.get_content("/wr/data") == b"kept"
         driver.delete("/wr")
+
+    def test_an_append_by_a_stale_writer_is_invalid_offset_and_writes_nothing(
+        self, driver: StorageDriver
+    ) -> None:
+        first = driver.writer("/stale/data")
+        second = driver.writer("/stale/data", append=True)
+        second.write(b"abc")
+        with pytest.raises(InvalidOffset):
+            first.write(b"xyz")
+        assert driver.get_content("/stale/data") == b"abc"
+        first.close()
+        second.close()
+        driver.delete("/stale")
+
+    def test_a_writer_of_a_deleted_object_is_path_not_found(self, driver: StorageDriver) -> None:
+        w = driver.writer("/gone/data")
+        w.write(b"abc")
+        driver.delete("/gone")
+        with pytest.raises(PathNotFound):
+            w.write(b"more")
+        w.close()
+        assert list(driver.walk("/")) == []
+
+    # -- seal --------------------------------------------------------------------------
+
+    def test_seal_returns_the_final_size_and_is_idempotent(self, driver: StorageDriver) -> None:
+        _write(driver, "/sealed/data", b"12345").close()
+        assert driver.seal("/sealed/data") == 5
+        assert driver.seal("/sealed/data") == 5
+        assert driver.get_content("/sealed/data") == b"12345"
+        assert driver.stat("/sealed/data").size == 5
+        driver.delete("/sealed")
+
+    def test_seal_of_a_missing_object_is_path_not_found(self, driver: StorageDriver) -> None:
+        with pytest.raises(PathNotFound):
+            driver.seal("/no/such/object")
+
+    def test_a_writer_opened_before_the_seal_writes_nothing_after_it(
+        self, driver: StorageDriver
+    ) -> None:
+        w = _write(driver, "/sealed/data", b"before")
+        driver.seal("/sealed/data")
+        with pytest.raises(ObjectSealed):
+            w.write(b"after")
+        w.close()
+        assert driver.get_content("/sealed/data") == b"before"
+        driver.delete("/sealed")
+
+    def test_no_writer_can_be_opened_on_a_sealed_object(self, driver: StorageDriver) -> None:
+        _write(driver, "/sealed/data", b"frozen").close()
+        driver.seal("/sealed/data")
+        for append in (True, False):
+            with pytest.raises(ObjectSealed):
+                driver.writer("/sealed/data", append=append)
+        assert driver.get_content("/sealed/data") == b"frozen"
+        driver.delete("/sealed")
+
+    def test_the_seal_travels_with_a_move(self, driver: StorageDriver) -> None:
+        w = _write(driver, "/staged/data", b"verified")
+        driver.seal("/staged/data")
+        driver.move("/staged/data", "/blob/data")
+        with pytest.raises(ObjectSealed):
+            w.write(b"late")  # the old writer follows the object to its new name
+        with pytest.raises(ObjectSealed):
+            driver.writer("/blob/data", append=True)
+        w.close()
+        assert driver.get_content("/blob/data") == b"verified"
+        driver.delete("/blob")
+        with contextlib.suppress(PathNotFound):  # an empty directory, where there are any
+            driver.delete("/staged")
+
+    def test_put_content_over_a_sealed_object_stores_a_new_unsealed_one(
+        self, driver: StorageDriver
+    ) -> None:
+        old = _write(driver, "/sealed/data", b"old")
+        driver.seal("/sealed/data")
+        driver.put_content("/sealed/data", b"new")
+        w = driver.writer("/sealed/data", append=True)
+        w.write(b"er")
+        w.close()
+        assert driver.get_content("/sealed/data") == b"newer"
+        with pytest.raises((ObjectSealed, PathNotFound)):
+            old.write(b"x")  # still the old, sealed object
+        old.close()
+        driver.delete("/sealed")
+
+    # The commit's steps between "hashing starts" and "the blob is in place": a
+    # writer opened before the seal tries to add bytes at each of them. The bytes
+    # moved into place must be exactly the bytes hashed.
+    LATE_WRITE_STEPS = ("sealed", "reading", "hashed", "moved")
+
+    @pytest.mark.parametrize("step", LATE_WRITE_STEPS)
+    def test_a_late_write_at_any_step_of_a_commit_never_reaches_the_moved_bytes(
+        self, driver: StorageDriver, step: str
+    ) -> None:
+        content = bytes(range(256)) * 64
+        late = _write(driver, "/uploads/u/data", content)  # a writer still streaming
+
+        def inject(at: str) -> None:
+            if at == step:
+                with pytest.raises((ObjectSealed, PathNotFound)):
+                    late.write(b"late bytes")
+
+        size = driver.seal("/uploads/u/data")
+        inject("sealed")
+        hasher = hashlib.sha256()
+        hashed = 0
+        with driver.reader("/uploads/u/data") as f:
+            while chunk := f.read(4096):
+                hasher.update(chunk)
+                hashed += len(chunk)
+                if hashed == 4096:
+                    inject("reading")
+        inject("hashed")
+        assert hashed == size == len(content)
+        driver.move("/uploads/u/data", "/blobs/x/data")
+        inject("moved")
+        late.close()
+        stored = driver.get_content("/blobs/x/data")
+        assert hashlib.sha256(stored).digest() == hasher.digest()
+        assert stored == content
+        driver.delete("/blobs")
+        with contextlib.suppress(PathNotFound):
+            driver.delete("/uploads")
+
+    def test_writes_racing_a_seal_either_land_before_it_or_change_nothing(
+        self, driver: StorageDriver
+    ) -> None:
+        _write(driver, "/race/data", b"").close()
+        landed: list[bytes] = []
+        refused = threading.Event()
+        start = threading.Barrier(2)
+
+        def writer() -> None:
+            w = driver.writer("/race/data", append=True)
+            start.wait()
+            for i in range(100_000):
+                piece = i.to_bytes(4, "big") * 256
+                try:
+                    w.write(piece)
+                except ObjectSealed:
+                    refused.set()
+                    break
+                landed.append(piece)
+            w.close()
+
+        t = threading.Thread(target=writer)
+        t.start()
+        start.wait()
+        while not landed:
+            pass
+        size = driver.seal("/race/data")
+        t.join(timeout=60)
+        assert refused.is_set()
+        # Every accepted write is inside the seal, and nothing else is.
+        assert size == sum(len(p) for p in landed)
+        assert driver.get_content("/race/data") == b"".join(landed)
+        driver.delete("/race")
 
     # -- stat / list -------------------------------------------------------------------
 
