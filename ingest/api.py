@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ingest.attempts import Liveness, liveness
 from ingest.blobs import BlobInfo, BlobReader, BlobStore
 from ingest.config import Settings
 from ingest.digests import Digest, new_verifier, parse_digest
-from ingest.errors import BlobUploadInvalid, SizeInvalid, StorageUnavailable
+from ingest.errors import BlobUploadInvalid, BlobUploadUnknown, SizeInvalid, StorageUnavailable
 from ingest.queue import CeleryTaskQueue, TaskQueue
 from ingest.storage.base import StorageDriver
 from ingest.storage.filesystem import FilesystemDriver
@@ -139,7 +141,10 @@ class Ingest:
     @classmethod
     def from_settings(cls, settings: Settings) -> Ingest:
         queue = CeleryTaskQueue.from_urls(
-            settings.broker_url, settings.result_backend, settings.visibility_timeout
+            settings.broker_url,
+            settings.result_backend,
+            settings.visibility_timeout,
+            settings.redis_ssl_options(),
         )
         return cls(FilesystemDriver(settings.storage_root), queue, settings)
 
@@ -195,14 +200,26 @@ class Ingest:
                 )
             return Ticket(upload_id, str(done.get("task_id") or ""), self.queue, done)
         record = self.staging.state(upload_id)
-        if record.state in (UploadState.FINISHING, UploadState.VERIFIED):
+        if record.state in (UploadState.FINISHING, UploadState.VERIFIED) and not self._is_over(
+            upload_id, record
+        ):
             if record.claimed_digest == str(claimed) and record.task_id:
                 return Ticket(upload_id, record.task_id, self.queue)  # finish is idempotent
             raise BlobUploadInvalid(
                 "upload is already being verified",
                 {"upload_id": upload_id, "state": record.state.value},
             )
+        # Open, failed, or an attempt that is over without an outcome: a new attempt.
         return self._finish_open(info, record, claimed, size)
+
+    def _is_over(self, upload_id: str, record: UploadRecord) -> bool:
+        """Whether the current attempt provably ended without recording an outcome:
+        its worker's lease expired, or its task's final state never reached storage
+        (see :mod:`ingest.attempts`)."""
+        return liveness(self.driver, self.queue, upload_id, record, time.time()) in (
+            Liveness.LEASE_EXPIRED,
+            Liveness.ENDED,
+        )
 
     def _finish_open(
         self, info: UploadInfo, record: UploadRecord, claimed: Digest, size: int | None
@@ -216,7 +233,7 @@ class Ingest:
             )
         # Freeze first, record second: from here no byte can be added, and the size
         # recorded is the size the verification will hash and the commit will move.
-        staged = self.staging.seal(upload_id)
+        staged = self._freeze(upload_id, record)
         if size is not None and size != staged:
             # A write finished between the check above and the seal.
             error = SizeInvalid(
@@ -232,6 +249,17 @@ class Ingest:
                 "blob exceeds the maximum size", {"limit": self.settings.max_blob_size}
             )
         return self._enqueue(info, record, str(claimed), size, staged)
+
+    def _freeze(self, upload_id: str, record: UploadRecord) -> int:
+        """Seal the staged data; its size. Data an earlier attempt already moved into
+        the blob store (it failed after the move, say on a full disk) was sealed
+        then: its frozen size is on record."""
+        try:
+            return self.staging.seal(upload_id)
+        except BlobUploadUnknown:
+            if record.state is UploadState.OPEN or record.size is None:
+                raise
+            return record.size
 
     def _enqueue(
         self, info: UploadInfo, record: UploadRecord, digest: str, size: int | None, staged: int
@@ -253,7 +281,9 @@ class Ingest:
             task_id=task_id,
             attempt=record.attempt + 1,
             error=None,
-            verified=None,
+            # A verification of this very claim stays valid: the bytes are sealed, and
+            # an earlier attempt may have moved them into the blob store already.
+            verified=record.verified if record.claimed_digest == digest else None,
         )
         try:
             self.queue.enqueue_verify(
@@ -290,9 +320,13 @@ class Ingest:
         if self.staging.result(upload_id) is not None:
             raise BlobUploadInvalid("upload is already committed", {"upload_id": upload_id})
         record = self.staging.state(upload_id)
-        if record.state is not UploadState.FAILED:
+        if record.state is not UploadState.FAILED and not (
+            record.state in (UploadState.FINISHING, UploadState.VERIFIED)
+            and self._is_over(upload_id, record)
+        ):
             raise BlobUploadInvalid(
-                f"only failed verifications can be retried; this upload is {record.state.value}",
+                "only failed or dead verifications can be retried; "
+                f"this upload is {record.state.value}",
                 {"upload_id": upload_id, "state": record.state.value},
             )
         claim = digest if digest is not None else record.claimed_digest
@@ -300,7 +334,7 @@ class Ingest:
             raise BlobUploadInvalid("no digest to verify against", {"upload_id": upload_id})
         new_verifier(parse_digest(claim))
         return self._enqueue(
-            info, record, claim, record.expected_size, self.staging.seal(upload_id)
+            info, record, claim, record.expected_size, self._freeze(upload_id, record)
         )
 
     def status(self, upload_id: str) -> UploadStatus:

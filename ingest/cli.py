@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
 
 from ingest.config import ConfigError, Settings, parse_duration
-from ingest.errors import EXIT_USAGE, IngestError
+from ingest.errors import EXIT_USAGE, ArgumentInvalid, IngestError
 from ingest.queue import WORKER_QUEUES
 
 P = ParamSpec("P")
@@ -83,7 +83,8 @@ def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
                 click.echo(json.dumps({"error": exc.to_dict()}, sort_keys=True))
             detail = f" {json.dumps(exc.detail, sort_keys=True)}" if exc.detail else ""
             click.echo(f"error: {exc.code}: {exc.message}{detail}", err=True)
-            ctx.exit(exc.exit_code)
+            # An argument out of its safe range (purge --older-than 0s) is a usage error.
+            ctx.exit(EXIT_USAGE if isinstance(exc, ArgumentInvalid) else exc.exit_code)
             raise AssertionError("unreachable") from exc
 
     return wrapper
@@ -342,11 +343,15 @@ def cancel(obj: Context, upload_id: str) -> None:
 @reports_errors
 def purge(obj: Context, older_than: float | None, dry_run: bool) -> None:
     """Remove abandoned uploads (idle longer than --older-than); never finishing ones."""
+    from ingest.arguments import check_purge_age
     from ingest.locks import exclusive
     from ingest.maintenance import purge_uploads
 
-    age = obj.settings.purge_age if older_than is None else older_than
-    with exclusive(obj.settings.redis_url, "purge", ttl=max(600.0, obj.settings.purge_interval)):
+    s = obj.settings
+    age = check_purge_age(s.purge_age if older_than is None else older_than)  # before the lock
+    with exclusive(
+        s.redis_url, "purge", ttl=max(600.0, s.purge_interval), tls=s.redis_ssl_options()
+    ):
         summary = purge_uploads(obj.ingest.driver, older_than=age, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     lines = [
@@ -385,9 +390,44 @@ def reconcile(obj: Context, grace: float | None, dry_run: bool) -> None:
     obj.emit(summary.to_dict(), "\n".join(lines))
 
 
+#: Seconds the fsck lock lives without renewal; a run renews it every FSCK_LOCK_TTL / 5 s.
+FSCK_LOCK_TTL = 300.0
+
+
+@cli.command()
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Quarantine corrupt blobs and remove the links naming them (default: only report).",
+)
+@pass_ctx
+@reports_errors
+def fsck(obj: Context, repair: bool) -> None:
+    """Re-hash every stored blob and alias link against its address.
+
+    Exit status 0 when everything matches, 3 when problems were found (also when
+    --repair dealt with them), 4 when another fsck runs or storage/Redis fail."""
+    from ingest.errors import EXIT_REJECTED
+    from ingest.fsck import run_fsck, throttled
+    from ingest.locks import exclusive
+
+    s = obj.settings
+    with exclusive(s.redis_url, "fsck", ttl=FSCK_LOCK_TTL, tls=s.redis_ssl_options()) as renew:
+        report = run_fsck(
+            obj.ingest.driver,
+            repair=repair,
+            limits=s.verifier_limits(),
+            chunk_size=s.verify_chunk,
+            heartbeat=throttled(renew, FSCK_LOCK_TTL / 5),
+        )
+    obj.emit(report.to_dict(), "\n".join(report.summary_lines()))
+    if not report.clean:
+        click.get_current_context().exit(EXIT_REJECTED)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", "-c", type=int, default=None, help="Pool processes (default: CPUs).")
-@click.option("--beat", is_flag=True, help="Also run the beat scheduler (reconcile, purge).")
+@click.option("--beat", is_flag=True, help="Also run the beat scheduler (reconcile, purge, fsck).")
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     """Run a verification worker (celery worker with the right app and queues)."""
@@ -450,14 +490,29 @@ def tarsum(obj: Context, file: IO[bytes], label: str, extra: IO[bytes] | None) -
     show_default=True,
     help="ASGI server [INGEST_SERVER] (granian: pip install granian).",
 )
-def serve(host: str, port: int, workers: int, log_level: str, server: str) -> None:
-    """Serve the OCI distribution API and the ingest JSON API."""
+@pass_ctx
+def serve(obj: Context, host: str, port: int, workers: int, log_level: str, server: str) -> None:
+    """Serve the OCI distribution API and the ingest JSON API.
+
+    Slow and idle clients are cut off by INGEST_HEADER_TIMEOUT, INGEST_BODY_IDLE_TIMEOUT
+    and INGEST_KEEPALIVE_TIMEOUT; INGEST_MAX_CONNECTIONS bounds each process's open
+    connections (docs/operations.md)."""
+    import dataclasses
     import tempfile
 
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several processes: /metrics aggregates them through a shared directory.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ingest-metrics-")
+    from ingest.http.server import ConnectionLimits, fit_fd_limit, granian_args
+
+    limits = ConnectionLimits.from_settings(obj.settings)
+    cap, warning = fit_fd_limit(limits.max_connections)  # worker processes inherit the limit
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+        limits = dataclasses.replace(limits, max_connections=cap)
     if server == "granian":
+        mapped, missing = granian_args(limits)
+        click.echo(f"warning: granian does not enforce {', '.join(missing)}", err=True)
         args = [
             sys.executable,
             "-m",
@@ -476,10 +531,13 @@ def serve(host: str, port: int, workers: int, log_level: str, server: str) -> No
             "--no-access-log",
             "--log-level",
             log_level,
+            *mapped,
             "ingest.http.app:app_factory",
         ]
         os.execv(sys.executable, args)  # noqa: S606 - replace this process: signals go to granian
     import uvicorn
+
+    from ingest.http.server import protocol_factory
 
     uvicorn.run(
         "ingest.http.app:app_factory",
@@ -491,7 +549,9 @@ def serve(host: str, port: int, workers: int, log_level: str, server: str) -> No
         access_log=False,  # the app logs one structured line per request itself
         log_config=None,  # keep the app's JSON logging (configured in the app factory)
         # Frontends are stateless: any process can serve any upload.
-        timeout_keep_alive=30,
+        # uvicorn's httptools protocol plus the header, body-idle and keep-alive timeouts
+        # and the connection cap (ingest/http/server.py).
+        http=protocol_factory(limits),
     )
 
 

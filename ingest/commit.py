@@ -65,6 +65,7 @@ from ingest.errors import (
     StorageUnavailable,
     Unknown,
 )
+from ingest.leases import hold_lease
 from ingest.prehash import await_prehash
 from ingest.storage.base import PathNotFound, StorageDriver, sync_in_background
 from ingest.uploads import Staging, UploadRecord, UploadState
@@ -215,9 +216,54 @@ def commit_upload(
             "upload is not finished",
             {"reason": "not-finished", "upload_id": upload_id, "state": record.state.value},
         )
-    data_path = paths.upload_data_path(upload_id)
+    # While the lease is renewed, reconcile and retry leave this attempt alone; if the
+    # worker dies, it goes stale in seconds and they hand the work to another worker.
+    try:
+        with hold_lease(driver, paths.upload_verify_lease_path(upload_id), task_id):
+            return _verify_and_place(
+                started,
+                driver,
+                staging,
+                blobs,
+                info.repository,
+                upload_id,
+                claimed,
+                expected_size,
+                record,
+                progress=progress,
+                task_id=task_id,
+                chunk_size=chunk_size,
+                limits=limits,
+                on_step=on_step,
+            )
+    finally:
+        staging.remove_husk(upload_id)  # cancelled while we worked
 
+
+def _verify_and_place(
+    started: float,
+    driver: StorageDriver,
+    staging: Staging,
+    blobs: BlobStore,
+    repository: str,
+    upload_id: str,
+    claimed: Digest,
+    expected_size: int | None,
+    record: UploadRecord,
+    *,
+    progress: Progress | None,
+    task_id: str | None,
+    chunk_size: int,
+    limits: VerifierLimits | None,
+    on_step: StepHook,
+) -> dict[str, Any]:
+    """Steps 2 to 6 of the module docstring, for a finished upload."""
+    data_path = paths.upload_data_path(upload_id)
     verified = _recorded_verification(record, claimed)
+    if verified is not None and _exists(driver, data_path):
+        # Still staged: hash it again rather than trust a record about it. The record
+        # is for a rerun that finds the data already moved into the blob store.
+        verified = None
     computed: Computed | None = None
     flusher: threading.Thread | None = None
     prehashed = False
@@ -294,15 +340,15 @@ def commit_upload(
     deduplicated = _place_blob(blobs, driver, data_path, canonical, size, upload_id, on_step)
     on_step("placed")
 
-    blobs.link(info.repository, canonical, canonical)
+    blobs.link(repository, canonical, canonical)
     if claimed != canonical:
-        blobs.link(info.repository, claimed, canonical)
+        blobs.link(repository, claimed, canonical)
     on_step("linked")
 
     result: dict[str, Any] = {
         "status": "committed",
         "upload_id": upload_id,
-        "repository": info.repository,
+        "repository": repository,
         "digest": str(claimed),
         "canonical_digest": str(canonical),
         "size": size,
@@ -365,6 +411,14 @@ def _in_store(blobs: BlobStore, claimed: Digest, record: UploadRecord) -> dict[s
     if size is None or (record.size is not None and size != record.size):
         return None
     return {"canonical": str(claimed), "claimed": str(claimed), "size": size}
+
+
+def _exists(driver: StorageDriver, path: str) -> bool:
+    try:
+        driver.stat(path)
+    except PathNotFound:
+        return False
+    return True
 
 
 def _recorded_verification(record: UploadRecord, claimed: Digest) -> dict[str, Any] | None:

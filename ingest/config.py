@@ -10,13 +10,24 @@ Configuration table; the field names below are the variables without ``INGEST_``
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
 
+from ingest.arguments import MIN_PURGE_AGE, MIN_RECONCILE_GRACE
 from ingest.digests import VerifierLimits
 
-__all__ = ["ConfigError", "Settings", "parse_duration", "parse_size"]
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "mask_url",
+    "parse_duration",
+    "parse_size",
+    "redis_tls_options",
+]
 
 _SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]?i?b?)?\s*", re.IGNORECASE)
 _UNITS = {
@@ -93,6 +104,39 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _UNITS[unit]
 
 
+_URL_FIELDS = frozenset({"redis_url", "broker_url", "result_backend"})
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for printing and logging.
+
+    ``redis://:s3cret@host:6379/0`` → ``redis://:***@host:6379/0``. Works on URLs that
+    do not parse (a password with an unencoded ``/``): everything before the last
+    ``@`` is the user information, and only its user name is kept.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}:***@{host}" if colon else f"{scheme}://***@{host}"
+
+
+def redis_tls_options(ca: str = "", cert: str = "", key: str = "") -> dict[str, Any]:
+    """redis-py's TLS keyword arguments (Celery's ``broker_use_ssl`` and
+    ``redis_backend_use_ssl``, and Flower, take the same): the server's certificate is
+    always verified and its name checked, against ``ca`` or the system's CAs; ``cert``
+    and ``key`` authenticate this client to a Redis that requires it."""
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if ca:
+        options["ssl_ca_certs"] = ca
+    if cert:
+        options["ssl_certfile"] = cert
+    if key:
+        options["ssl_keyfile"] = key
+    return options
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """All runtime configuration, immutable."""
@@ -101,6 +145,10 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = ""
     result_backend: str = ""
+    # TLS of rediss:// URLs (broker, result backend, locks); "" = not set.
+    redis_tls_ca: str = ""  # CA file that signed the server's certificate ("" = system CAs)
+    redis_tls_cert: str = ""  # client certificate, for a Redis with tls-auth-clients
+    redis_tls_key: str = ""  # its private key, unless it is in redis_tls_cert
     max_blob_size: int = 16 << 30
     verify_chunk: int = 4 << 20
     task_max_retries: int = 5
@@ -109,18 +157,29 @@ class Settings:
     visibility_timeout: int = 0  # 0: the longest verification time limit + 60 s
     result_expires: int = 7 * 24 * 3600
     finish_wait: float = 300.0
+    # Slow and idle clients (the HTTP frontend; see ingest/http/server.py).
+    header_timeout: float = 10.0  # connection open (or first byte) → complete request head
+    body_idle_timeout: float = 60.0  # longest silence inside a request (or response) body
+    keepalive_timeout: float = 30.0  # idle connection between requests
+    max_connections: int = 1000  # open connections per frontend process
     tarsum_max_bytes: int = 64 << 30
     tarsum_max_ratio: float = 1000.0
     purge_age: float = 24 * 3600.0
     purge_interval: float = 3600.0
     reconcile_grace: float = 600.0
-    reconcile_interval: float = 60.0
+    # Often enough that a dead worker's verification is handed over within seconds of
+    # its lease going stale (ingest.leases); each run only reads small records.
+    reconcile_interval: float = 15.0
     staging_fsync: bool = False
     log_level: str = "INFO"
     log_format: str = "json"
     max_manifest_size: int = 4 << 20
     prehash_min_size: int = 32 << 20  # 0: never hash uploads while they arrive
     prehash_idle: float = 10.0
+    fsck_interval: float = 600.0  # 0: no scheduled fsck
+    fsck_budget: int = 1 << 30  # bytes hashed per scheduled share
+    fsck_budget_blobs: int = 10_000  # blobs per scheduled share
+    fsck_repair: bool = False  # whether the scheduled share repairs or only reports
 
     def __post_init__(self) -> None:
         # Empty broker/backend fall back to the Redis URL.
@@ -128,6 +187,20 @@ class Settings:
             object.__setattr__(self, "broker_url", self.redis_url)
         if not self.result_backend:
             object.__setattr__(self, "result_backend", self.redis_url)
+        self._check_redis()
+        # Floors (ingest.arguments): `not >=` also refuses NaN.
+        if not self.purge_age >= MIN_PURGE_AGE:
+            raise ConfigError(
+                f"must be at least {MIN_PURGE_AGE:g} s: a shorter cut-off purges uploads "
+                "whose client merely paused between chunks",
+                "purge_age",
+            )
+        if not self.reconcile_grace >= MIN_RECONCILE_GRACE:
+            raise ConfigError(
+                f"must be at least {MIN_RECONCILE_GRACE:g} s: a shorter grace re-sends "
+                "verifications that are only queued",
+                "reconcile_grace",
+            )
         for name in ("max_blob_size", "verify_chunk", "verify_min_rate", "max_manifest_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError("must be positive", name)
@@ -139,8 +212,16 @@ class Settings:
             raise ConfigError("must not be negative", "prehash_min_size")
         if self.prehash_idle <= 0:
             raise ConfigError("must be positive", "prehash_idle")
+        for name in ("header_timeout", "body_idle_timeout", "keepalive_timeout", "max_connections"):
+            if getattr(self, name) <= 0:
+                raise ConfigError("must be positive", name)
         if self.task_max_retries < 0:
             raise ConfigError("must not be negative", "task_max_retries")
+        if self.fsck_interval < 0:
+            raise ConfigError("must not be negative", "fsck_interval")
+        for name in ("fsck_budget", "fsck_budget_blobs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError("must be positive", name)
         if self.visibility_timeout == 0:
             # As short as is safe: recovery from a dead worker waits this long.
             object.__setattr__(self, "visibility_timeout", self.max_time_limit() + 60)
@@ -152,6 +233,54 @@ class Settings:
                 "visibility_timeout",
             )
 
+    def _check_redis(self) -> None:
+        urls = {
+            "redis_url": self.redis_url,
+            "broker_url": self.broker_url,
+            "result_backend": self.result_backend,
+        }
+        for name, url in urls.items():
+            if url.startswith(("redis://", "rediss://")):
+                try:
+                    urlsplit(url).port  # noqa: B018 - raises ValueError on a mangled netloc
+                except ValueError:
+                    # Never echo the URL: the part after ':' may be the password.
+                    raise ConfigError(
+                        f"not a valid Redis URL: {mask_url(url)} (percent-encode reserved "
+                        "characters such as / # ? @ in the password)",
+                        name,
+                    ) from None
+        files = {
+            "redis_tls_ca": self.redis_tls_ca,
+            "redis_tls_cert": self.redis_tls_cert,
+            "redis_tls_key": self.redis_tls_key,
+        }
+        for name, path in files.items():
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"no such file: {path!r}", name)
+        if self.redis_tls_key and not self.redis_tls_cert:
+            raise ConfigError("needs INGEST_REDIS_TLS_CERT as well", "redis_tls_key")
+        used = [name for name, path in files.items() if path]
+        if used and not any(url.startswith("rediss://") for url in urls.values()):
+            raise ConfigError(
+                "is set, but no Redis URL uses rediss://, so TLS would not be used", used[0]
+            )
+
+    def __repr__(self) -> str:
+        # Settings travel into Celery's configuration (``celery inspect conf``, Flower's
+        # worker page): never show a password there, nor in a log line or traceback.
+        shown = (
+            f"{f.name}={(mask_url(v) if f.name in _URL_FIELDS else v)!r}"
+            for f in fields(self)
+            for v in (getattr(self, f.name),)
+        )
+        return f"Settings({', '.join(shown)})"
+
+    def redis_ssl_options(self) -> dict[str, Any]:
+        """TLS keyword arguments for connections to ``rediss://`` URLs (see
+        :func:`redis_tls_options`)."""
+        return redis_tls_options(self.redis_tls_ca, self.redis_tls_cert, self.redis_tls_key)
+
     def verifier_limits(self) -> VerifierLimits:
         return VerifierLimits(self.tarsum_max_bytes, self.tarsum_max_ratio)
 
@@ -162,6 +291,13 @@ class Settings:
 
     def max_time_limit(self) -> int:
         return self.time_limit(self.max_blob_size)
+
+    def fsck_time_limit(self) -> int:
+        """Hard time limit of one scheduled fsck share: its byte budget, or one blob of
+        the maximum size (a share always checks at least one blob), at the verification
+        rate, plus the base time twice (the second for walking the repositories' links)."""
+        n = max(self.fsck_budget, self.max_blob_size)
+        return 2 * self.verify_base_time + -(-n // self.verify_min_rate)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], prefix: str = "INGEST_") -> Settings:
@@ -190,6 +326,7 @@ class Settings:
                         "max_manifest_size",
                         "tarsum_max_bytes",
                         "prehash_min_size",
+                        "fsck_budget",
                     )
                     values[f.name] = parse_size(raw) if is_size else int(raw)
                 elif f.type in ("float", float):

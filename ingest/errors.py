@@ -21,6 +21,7 @@ HTTP status it maps to, and whether retrying the same operation can succeed::
     │   ├── ManifestInvalid          MANIFEST_INVALID      400
     │   ├── ManifestUnknown          MANIFEST_UNKNOWN      404
     │   ├── Unsupported              UNSUPPORTED           405
+    │   │   └── ArgumentInvalid      UNSUPPORTED           400
     │   └── TooManyRequests          TOOMANYREQUESTS       429  yes
     └── ServerError                  (5xx: ours, not the client's)
         ├── StorageUnavailable       UNAVAILABLE           503  yes
@@ -45,6 +46,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 __all__ = [
+    "ArgumentInvalid",
     "BlobUnknown",
     "BlobUploadInvalid",
     "BlobUploadUnknown",
@@ -245,6 +247,20 @@ class Unsupported(ClientError):
     code = "UNSUPPORTED"
     http_status = 405
     default_message = "the operation is unsupported"
+
+
+class ArgumentInvalid(Unsupported):
+    """An argument is of the wrong type, malformed or out of its safe range: a task
+    message from the broker, or a housekeeping call (``purge --older-than 0s``).
+
+    Refused before anything touches storage. ``detail["argument"]`` names it;
+    ``detail["reason"]`` says why (``type``, ``range``, ``malformed``, ``signature``).
+    OCI's UNSUPPORTED covers "an invalid set of parameters"; the CLI reports it as
+    a usage error (exit 2).
+    """
+
+    http_status = 400
+    default_message = "invalid argument"
 
 
 class TooManyRequests(ClientError):

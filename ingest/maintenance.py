@@ -6,13 +6,17 @@ correct after a Redis flush, and both are safe to run while uploads proceed:
 * :func:`purge_uploads` removes sessions whose **last activity** (last staged
   write or state change, not start time) is older than a cut-off. It never
   touches uploads that are finishing or verified: those belong to a task.
-* :func:`reconcile` finds uploads stuck in ``finishing``/``verified`` whose task
-  the result backend does not know (lost with Redis, or never delivered) and
-  sends it again under the same task id. Tasks are idempotent, so a rare
-  duplicate (a task that was merely queued for longer than the grace) is harmless.
+* :func:`reconcile` finds uploads stuck in ``finishing``/``verified`` and sends
+  their task again under the same task id: at once when the worker verifying it
+  died (its lease went stale, :mod:`ingest.attempts`), and after a grace when no
+  worker ever took it (lost with Redis, or never delivered). Tasks are idempotent,
+  so a rare duplicate (a task merely queued for longer than the grace, or a worker
+  that was only slow to renew) is harmless.
 
 Run them from Celery beat (``workers.tasks``) or the CLI (``ingest purge``,
-``ingest reconcile``); one purge at a time is enforced by the caller's lock.
+``ingest reconcile``); one purge at a time is enforced by the caller's lock. Both
+refuse a cut-off below its floor (purge 1 h, reconcile 1 min: :mod:`ingest.arguments`)
+whoever calls, since a task message from the broker can ask for anything.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingest import paths
+from ingest.arguments import check_flag, check_purge_age, check_reconcile_grace
+from ingest.attempts import attempt_lease
 from ingest.config import Settings
 from ingest.errors import BlobUploadUnknown
+from ingest.leases import Lease, write_lease
 from ingest.queue import TaskQueue
 from ingest.storage.base import PathNotFound, StorageDriver
 from ingest.storage.filesystem import TMP_MARKER
@@ -63,7 +70,13 @@ class PurgeSummary:
 def purge_uploads(
     driver: StorageDriver, *, older_than: float, now: float | None = None, dry_run: bool = False
 ) -> PurgeSummary:
-    """Remove upload sessions idle for more than ``older_than`` seconds."""
+    """Remove upload sessions idle for more than ``older_than`` seconds.
+
+    Refuses (ArgumentInvalid) an ``older_than`` below
+    :data:`~ingest.arguments.MIN_PURGE_AGE`, whoever calls: beat, a task message, the CLI.
+    """
+    older_than = check_purge_age(older_than)
+    dry_run = check_flag("dry_run", dry_run)
     staging = Staging(driver)
     cutoff = (time.time() if now is None else now) - older_than
     summary = PurgeSummary(dry_run=dry_run, older_than=older_than)
@@ -141,12 +154,18 @@ def reconcile(
     now: float | None = None,
     dry_run: bool = False,
 ) -> ReconcileSummary:
-    """Re-enqueue verifications of uploads stuck for ``grace`` seconds with no live task."""
+    """Re-enqueue verifications of uploads stuck for ``grace`` seconds with no live task.
+
+    Refuses (ArgumentInvalid) a ``grace`` below :data:`~ingest.arguments.MIN_RECONCILE_GRACE`.
+    """
+    grace = check_reconcile_grace(grace)
+    dry_run = check_flag("dry_run", dry_run)
     from ingest.commit import mark_failed
     from ingest.errors import from_dict
 
     staging = Staging(driver)
-    cutoff = (time.time() if now is None else now) - grace
+    now = time.time() if now is None else now
+    cutoff = now - grace
     summary = ReconcileSummary(dry_run=dry_run)
     for upload_id in staging.list_ids():
         try:
@@ -157,21 +176,51 @@ def reconcile(
         if record.state not in _BUSY or staging.result(upload_id) is not None:
             continue
         summary.scanned += 1
-        if record.updated_at >= cutoff or not record.task_id or not record.claimed_digest:
+        if not record.task_id or not record.claimed_digest:
             summary.in_flight += 1
             continue
-        info = queue.info(record.task_id)
-        if info.state == "FAILURE" and info.error is not None:
-            # The task ended but its bookkeeping did not reach storage.
-            if not dry_run:
-                mark_failed(staging, upload_id, from_dict(info.error))
-            summary.recorded_failures += 1
-            continue
-        if info.state not in ("PENDING", "SUCCESS"):
-            summary.in_flight += 1  # STARTED / PROGRESS / RETRY: a worker has it
-            continue
-        entry = {"upload_id": upload_id, "task_id": record.task_id, "state": record.state.value}
+        lease = attempt_lease(driver, upload_id, record)
+        if lease is not None and not lease.requeued:
+            if not lease.stale(now):
+                summary.in_flight += 1  # a live worker renews it
+                continue
+            # Its worker died mid-verification: hand it over now, whatever the grace
+            # (the broker would redeliver only after the whole visibility timeout).
+            reason = "lease-expired"
+        else:
+            # No lease of this attempt: queued, retrying, or lost; or re-sent by an
+            # earlier reconcile and still queued. Only time tells these apart.
+            since = record.updated_at if lease is None else lease.renewed_at
+            if since >= cutoff:
+                summary.in_flight += 1
+                continue
+            info = queue.info(record.task_id)
+            if info.state == "FAILURE" and info.error is not None:
+                # The task ended but its bookkeeping did not reach storage.
+                if not dry_run:
+                    mark_failed(staging, upload_id, from_dict(info.error), record.task_id)
+                summary.recorded_failures += 1
+                continue
+            if info.state == "RETRY":
+                summary.in_flight += 1  # a worker holds it until its backoff ends
+                continue
+            # PENDING (queued or lost), SUCCESS without a result in storage, or a
+            # STARTED/PROGRESS whose worker left no lease: nothing runs it now.
+            reason = "lost"
+        entry = {
+            "upload_id": upload_id,
+            "task_id": record.task_id,
+            "state": record.state.value,
+            "reason": reason,
+        }
         if not dry_run:
+            # Mark the hand-over, so the next reconciles wait for the re-sent task
+            # (which writes its own lease when it starts) instead of re-sending it.
+            write_lease(
+                driver,
+                paths.upload_verify_lease_path(upload_id),
+                Lease(record.task_id, now, requeued=True),
+            )
             size = record.size if record.size is not None else staging.size(upload_id)
             queue.enqueue_verify(
                 upload_id,

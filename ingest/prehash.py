@@ -35,12 +35,14 @@ from typing import Any
 from ingest import paths
 from ingest.digests import CANONICAL_ALGORITHM, new_hasher
 from ingest.errors import BlobUploadUnknown
+from ingest.leases import Lease, read_lease, write_lease
 from ingest.storage.base import PathNotFound, StorageDriver, sync_in_background
 from ingest.uploads import Staging, UploadState
 
 __all__ = ["Prehashed", "await_prehash", "prehash_upload", "read_prehash"]
 
-#: Seconds between two renewals of the lease while hashing.
+#: Seconds between two renewals of the lease while hashing (see :mod:`ingest.leases`;
+#: shorter than a verification's, because a verification may be waiting on it).
 LEASE_RENEW = 1.0
 #: A lease not renewed for this long belongs to a dead or stuck prehash.
 LEASE_STALE = 5.0
@@ -70,14 +72,6 @@ def read_prehash(driver: StorageDriver, upload_id: str) -> Prehashed | None:
         return None
 
 
-def _read_lease(driver: StorageDriver, upload_id: str) -> dict[str, Any] | None:
-    try:
-        lease = json.loads(driver.get_content(paths.upload_prehash_lease_path(upload_id)))
-    except (PathNotFound, ValueError):
-        return None
-    return lease if isinstance(lease, dict) else None
-
-
 def await_prehash(
     driver: StorageDriver,
     upload_id: str,
@@ -95,12 +89,12 @@ def await_prehash(
         done = read_prehash(driver, upload_id)
         if done is not None:
             return done if done.size == size else None
-        lease = _read_lease(driver, upload_id)
+        lease = read_lease(driver, paths.upload_prehash_lease_path(upload_id))
         if lease is None:
             # It may have finished between the two reads.
             done = read_prehash(driver, upload_id)
             return done if done is not None and done.size == size else None
-        if now() - float(lease.get("renewed_at", 0.0)) > LEASE_STALE:
+        if lease.stale(now(), LEASE_STALE):
             return None
         sleep(delay)
         delay = min(delay * 2, POLL_MAX)
@@ -137,8 +131,7 @@ def prehash_upload(
         return summary
 
     def renew(offset: int) -> None:
-        lease = {"task_id": task_id, "offset": offset, "renewed_at": now()}
-        driver.put_content(lease_path, json.dumps(lease).encode(), durable=False)
+        write_lease(driver, lease_path, Lease(task_id, now(), detail={"offset": offset}))
 
     try:
         staging.info(upload_id)
@@ -227,16 +220,4 @@ def prehash_upload(
             f.close()
         with contextlib.suppress(PathNotFound):
             driver.delete(lease_path)
-        # A lease renewed just after a cancel recreated the upload's directory:
-        # do not leave that husk for the purge.
-        if not _exists(driver, paths.upload_info_path(upload_id)):
-            with contextlib.suppress(PathNotFound):
-                driver.delete(paths.upload_dir(upload_id))
-
-
-def _exists(driver: StorageDriver, path: str) -> bool:
-    try:
-        driver.stat(path)
-    except PathNotFound:
-        return False
-    return True
+        staging.remove_husk(upload_id)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ingest.config import redis_tls_options
 from ingest.errors import IngestError, StorageUnavailable, Unknown, VerificationTimeout, from_dict
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ __all__ = [
     "QUEUE_MAINTENANCE",
     "QUEUE_PREHASH",
     "QUEUE_VERIFY",
+    "TASK_FSCK",
     "TASK_PREHASH",
     "TASK_PURGE",
     "TASK_RECONCILE",
@@ -38,6 +41,8 @@ TASK_VERIFY = "ingest.verify_upload"
 TASK_PREHASH = "ingest.prehash_upload"
 TASK_RECONCILE = "ingest.reconcile"
 TASK_PURGE = "ingest.purge_uploads"
+#: Re-hash a bounded share of the stored blobs (see :mod:`ingest.fsck`).
+TASK_FSCK = "ingest.fsck"
 QUEUE_VERIFY = "verify"
 #: Its own queue, so prehashes (which hold a worker slot while an upload streams)
 #: can get dedicated workers, and never sit in line behind verifications.
@@ -95,9 +100,20 @@ class TaskQueue(Protocol):
         """:meth:`wait` for event loops: must not block the loop or hold a thread."""
 
 
-def client_config(broker_url: str, result_backend: str, visibility_timeout: int) -> dict[str, Any]:
-    """The Celery settings a *sender* needs; the worker's full set extends these."""
-    return {
+def client_config(
+    broker_url: str,
+    result_backend: str,
+    visibility_timeout: int,
+    redis_ssl: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Celery settings a *sender* needs; the worker's full set extends these.
+
+    ``redis_ssl``: the TLS options (:meth:`Settings.redis_ssl_options
+    <ingest.config.Settings.redis_ssl_options>`) of ``rediss://`` URLs; without them a
+    ``rediss://`` connection still verifies the server against the system's CAs.
+    """
+    tls = dict(redis_tls_options() if redis_ssl is None else redis_ssl)
+    conf = {
         "broker_url": broker_url,
         "result_backend": result_backend,
         "task_serializer": "json",
@@ -110,6 +126,7 @@ def client_config(broker_url: str, result_backend: str, visibility_timeout: int)
             TASK_PREHASH: {"queue": QUEUE_PREHASH},
             TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
             TASK_PURGE: {"queue": QUEUE_MAINTENANCE},
+            TASK_FSCK: {"queue": QUEUE_MAINTENANCE},
         },
         "broker_transport_options": {
             "visibility_timeout": visibility_timeout,
@@ -123,6 +140,12 @@ def client_config(broker_url: str, result_backend: str, visibility_timeout: int)
         "task_send_sent_event": True,
         "result_extended": True,
     }
+    # Celery's Redis backend refuses rediss:// without these; kombu and Flower need them.
+    if broker_url.startswith("rediss://"):
+        conf["broker_use_ssl"] = tls
+    if result_backend.startswith("rediss://"):
+        conf["redis_backend_use_ssl"] = tls
+    return conf
 
 
 def _error_from_result(value: object, task_id: str) -> IngestError:
@@ -153,8 +176,9 @@ class _RedisResultWaiter:
     no thread per waiting request.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self._url = url
+        self._options = dict(options or {})  # TLS keyword arguments, for rediss://
         self._redis: Any = None
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -167,7 +191,7 @@ class _RedisResultWaiter:
                 return
             import redis.asyncio as aioredis
 
-            self._redis = aioredis.Redis.from_url(self._url)
+            self._redis = aioredis.Redis.from_url(self._url, **self._options)
             self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             # get_message refuses to run with no subscription at all.
             await self._pubsub.subscribe("ingest:v1:results-keepalive")
@@ -232,12 +256,16 @@ class CeleryTaskQueue:
 
     @classmethod
     def from_urls(
-        cls, broker_url: str, result_backend: str, visibility_timeout: int = 3600
+        cls,
+        broker_url: str,
+        result_backend: str,
+        visibility_timeout: int = 3600,
+        redis_ssl: Mapping[str, Any] | None = None,
     ) -> CeleryTaskQueue:
         from celery import Celery
 
         app = Celery("ingest-client", set_as_current=False)
-        app.conf.update(client_config(broker_url, result_backend, visibility_timeout))
+        app.conf.update(client_config(broker_url, result_backend, visibility_timeout, redis_ssl))
         return cls(app)
 
     def enqueue_verify(
@@ -319,7 +347,12 @@ class CeleryTaskQueue:
         loop_id = id(asyncio.get_running_loop())
         waiter = self._waiters.get(loop_id)
         if waiter is None:
-            waiter = self._waiters[loop_id] = _RedisResultWaiter(backend_url)
+            tls = (
+                (self.app.conf.get("redis_backend_use_ssl") or redis_tls_options())
+                if backend_url.startswith("rediss://")
+                else None
+            )
+            waiter = self._waiters[loop_id] = _RedisResultWaiter(backend_url, tls)
         from redis.exceptions import RedisError
 
         try:

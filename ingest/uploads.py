@@ -228,6 +228,15 @@ class Staging:
         except PathNotFound:
             raise BlobUploadUnknown(detail={"upload_id": upload_id}) from None
 
+    def remove_husk(self, upload_id: str) -> None:
+        """Remove what a worker's late lease write recreated under a cancelled upload
+        (no ``info.json``), so it is not left for the purge."""
+        try:
+            self.driver.stat(paths.upload_info_path(upload_id))
+        except PathNotFound:
+            with contextlib.suppress(PathNotFound):
+                self.driver.delete(paths.upload_dir(upload_id))
+
     def list_ids(self) -> list[str]:
         try:
             children = self.driver.list(paths.uploads_root())

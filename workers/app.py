@@ -13,7 +13,7 @@ from celery import Celery, signals
 
 from ingest import logs
 from ingest.config import Settings
-from ingest.queue import TASK_PURGE, TASK_RECONCILE, client_config
+from ingest.queue import TASK_FSCK, TASK_PURGE, TASK_RECONCILE, client_config
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -23,7 +23,10 @@ def create_celery(settings: Settings) -> Celery:
         {
             k: v
             for k, v in client_config(
-                settings.broker_url, settings.result_backend, settings.visibility_timeout
+                settings.broker_url,
+                settings.result_backend,
+                settings.visibility_timeout,
+                settings.redis_ssl_options(),
             ).items()
             if k
             in (
@@ -31,6 +34,8 @@ def create_celery(settings: Settings) -> Celery:
                 "result_backend",
                 "broker_transport_options",
                 "result_backend_transport_options",
+                "broker_use_ssl",  # only for rediss:// URLs
+                "redis_backend_use_ssl",
             )
         }
     )
@@ -46,6 +51,13 @@ def create_celery(settings: Settings) -> Celery:
         },
         "purge-abandoned-uploads": {"task": TASK_PURGE, "schedule": settings.purge_interval},
     }
+    if settings.fsck_interval > 0:
+        # A bounded, resumable share of the blob check (ingest.fsck); its cursor is in
+        # storage, so a missed or lost run only delays the pass.
+        app.conf.beat_schedule["fsck-share"] = {
+            "task": TASK_FSCK,
+            "schedule": settings.fsck_interval,
+        }
     return app
 
 

@@ -15,6 +15,7 @@ from ingest.queue import (
     QUEUE_MAINTENANCE,
     QUEUE_PREHASH,
     QUEUE_VERIFY,
+    TASK_FSCK,
     TASK_PREHASH,
     TASK_PURGE,
     TASK_RECONCILE,
@@ -44,6 +45,7 @@ task_routes = {
     TASK_PREHASH: {"queue": QUEUE_PREHASH},
     TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
     TASK_PURGE: {"queue": QUEUE_MAINTENANCE},
+    TASK_FSCK: {"queue": QUEUE_MAINTENANCE},
 }
 
 worker_hijack_root_logger = False

@@ -16,6 +16,7 @@ import hashlib
 import http.client
 import json
 import os
+import secrets
 import socket
 import sys
 import tempfile
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 from ingest.api import Ingest
-from ingest.config import Settings
+from ingest.config import Settings, mask_url
 from ingest.errors import IngestError
 from workers.devstack import Frontend, Service, Worker
 from workers.localredis import LocalRedis, free_port
@@ -54,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         redis_url = os.environ.get("REDIS_URL")
         if not redis_url:
-            redis_url = stack.enter_context(LocalRedis()).url
-        print(f"redis:   {redis_url}")
+            # Password-protected like a real deployment; only the processes get the URL.
+            redis_url = stack.enter_context(LocalRedis(password=secrets.token_hex(24))).url
+        print(f"redis:   {mask_url(redis_url)}")
         print(f"storage: {storage}")
         env = {"REDIS_URL": redis_url, "INGEST_STORAGE_ROOT": storage}
         logs = Path(storage).parent / f"{Path(storage).name}.logs"

@@ -38,6 +38,12 @@ OUTCOMES = Counter(
     "Verification outcomes seen by the frontend: 'committed', 'pending' or an error code",
     ["code"],
 )
+CONNECTIONS_CLOSED = Counter(
+    "ingest_connections_closed",
+    "Connections closed on a slow or idle client, or refused over INGEST_MAX_CONNECTIONS "
+    "(reason: header_timeout, body_idle_timeout, send_stall, max_connections)",
+    ["reason"],
+)
 
 
 def registry(multiprocess_dir: str | None) -> CollectorRegistry:

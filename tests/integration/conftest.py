@@ -60,13 +60,15 @@ class Stack:
 
     def __init__(self, redis_url: str, root: Path, **extra_env: str) -> None:
         redis_url = _isolated(redis_url)
-        with redis.Redis.from_url(redis_url) as r:
-            r.flushdb()  # leftovers of an earlier stack on this database
         self.redis_url = redis_url
         self.root = root
         self.storage = root / "storage"
         self.env = {"REDIS_URL": redis_url, "INGEST_STORAGE_ROOT": str(self.storage), **extra_env}
         self.settings = Settings.from_env(self.env)
+        # rediss:// (extra_env names the CA and client certificate): connect as the stack does.
+        tls = self.settings.redis_ssl_options() if redis_url.startswith("rediss://") else {}
+        with redis.Redis.from_url(redis_url, **tls) as r:
+            r.flushdb()  # leftovers of an earlier stack on this database
         self.ingest = Ingest.from_settings(self.settings)
         self.workers: list[Worker] = []
         self.frontends: list[Frontend] = []

@@ -37,6 +37,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 SERVICES = {"redis", "frontend", "worker", "beat", "flower"}
 INGEST_ROLES = ("frontend", "worker", "beat")
 FLOWER_AUTH = "ops:test-only-password"
+REDIS_PASSWORD = "0123456789abcdef-test-only"  # noqa: S105 - a test value
 RECONCILE_ENTRY = "reconcile-stuck-verifications"  # the beat_schedule key in workers/app.py
 
 T = TypeVar("T")
@@ -97,14 +98,23 @@ def _command(service: dict[str, Any]) -> list[str]:
 
 
 def test_compose_file_validates_and_wires_the_services(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "COMPOSE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FLOWER_", "COMPOSE_", "REDIS_PASSWORD"))
+    }
 
-    # Flower's credentials are mandatory: no default password ships.
-    missing = _compose_config(env)
+    # Flower's credentials and Redis's password are mandatory: no default ships.
+    missing = _compose_config({**env, "REDIS_PASSWORD": REDIS_PASSWORD})
     assert missing.returncode != 0
     assert "FLOWER_BASIC_AUTH" in missing.stdout + missing.stderr
+    missing = _compose_config({**env, "FLOWER_BASIC_AUTH": FLOWER_AUTH})
+    assert missing.returncode != 0
+    assert "REDIS_PASSWORD" in missing.stdout + missing.stderr
 
-    run = _compose_config({**env, "FLOWER_BASIC_AUTH": FLOWER_AUTH})
+    run = _compose_config(
+        {**env, "FLOWER_BASIC_AUTH": FLOWER_AUTH, "REDIS_PASSWORD": REDIS_PASSWORD}
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     config = yaml.safe_load(run.stdout)
     services: dict[str, dict[str, Any]] = config["services"]
@@ -123,7 +133,8 @@ def test_compose_file_validates_and_wires_the_services(tmp_path: Path) -> None:
 
     for name in SERVICES - {"redis"}:
         svc = services[name]
-        assert svc["environment"]["REDIS_URL"] == "redis://redis:6379/0", name
+        # Every client authenticates: the password is in the URL it connects with.
+        assert svc["environment"]["REDIS_URL"] == f"redis://:{REDIS_PASSWORD}@redis:6379/0", name
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy", name
         assert svc["image"] == "verified-ingest:latest", name
 
@@ -132,7 +143,12 @@ def test_compose_file_validates_and_wires_the_services(tmp_path: Path) -> None:
     redis_cmd = _command(redis_svc)
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert _mounts(redis_svc) == {"redis-data": "/data"}
-    assert _command_of_healthcheck(redis_svc) == ["CMD", "redis-cli", "ping"]
+    assert redis_cmd[redis_cmd.index("--requirepass") + 1] == REDIS_PASSWORD
+    assert "ports" not in redis_svc  # reachable by the services only
+    # The health check authenticates (REDISCLI_AUTH) and wants a PONG: redis-cli
+    # exits 0 on a NOAUTH error too.
+    assert redis_svc["environment"]["REDISCLI_AUTH"] == REDIS_PASSWORD
+    assert _command_of_healthcheck(redis_svc) == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
 
     frontend = services["frontend"]
     assert _ports(frontend) == [("127.0.0.1", 5000, 5000)]

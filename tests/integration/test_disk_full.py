@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,5 +75,80 @@ def test_a_full_disk_is_a_clear_503_with_nothing_half_visible_and_space_recovers
             assert push(client, "disk/full", later).status_code == 201
             assert client.get(f"/v2/disk/full/blobs/{sha256(later)}").content == later
             assert client.get(f"/v2/disk/full/blobs/{sha256(first)}").content == first
+    finally:
+        stack.close()
+
+
+def fill(mount: Path) -> Path:
+    """Fill the filesystem to the last byte; returns the filler to delete later."""
+    filler = mount / "filler"
+    chunk = b"\0" * (64 << 10)
+    with open(filler, "wb") as f:
+        while True:
+            try:
+                f.write(chunk)
+                f.flush()
+            except OSError:
+                break
+    return filler
+
+
+def wait_for_task_end(stack: Stack, task_id: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = stack.ingest.queue.info(task_id).state
+        if state in ("SUCCESS", "FAILURE"):
+            return state
+        time.sleep(0.2)
+    pytest.fail("the verification never ended")
+
+
+def test_a_disk_full_while_linking_ends_in_a_state_that_retry_and_a_repeated_put_take(
+    redis_url: str, small_disk: Path, tmp_path: Path
+) -> None:
+    # The worker's retries run out while the disk is full, and its failure cannot be
+    # written either, so storage still says "finishing". As soon as space is back, a
+    # retry and a repeated finishing PUT must both go through, with no reconcile.
+    # Storage on the small disk; logs elsewhere, so the worker can start on a full one.
+    stack = Stack(
+        redis_url,
+        tmp_path / "stack",
+        INGEST_STORAGE_ROOT=str(small_disk / "storage"),
+        INGEST_TASK_MAX_RETRIES="2",
+    )
+    try:
+        url = stack.frontend().url
+        blobs = [os.urandom(1 << 20), os.urandom(1 << 20)]
+        with httpx.Client(base_url=url, timeout=60) as client:
+            locations = []
+            for data in blobs:
+                location = client.post("/v2/disk/link/blobs/uploads/").headers["location"]
+                assert client.patch(location, content=data).status_code == 202
+                put = client.put(
+                    location, params={"digest": sha256(data)}, headers={"Prefer": "respond-async"}
+                )
+                assert put.status_code == 202
+                locations.append(location)
+            uids = [loc.rsplit("/", 1)[1] for loc in locations]
+            tasks = [stack.ingest.staging.state(uid).task_id for uid in uids]
+            filler = fill(small_disk)
+            stack.worker()
+            for uid, task in zip(uids, tasks, strict=True):
+                assert task is not None
+                assert wait_for_task_end(stack, task) == "FAILURE"
+                # The outcome could not be recorded: the upload still says finishing.
+                assert stack.ingest.staging.state(uid).state.value == "finishing"
+            filler.unlink()  # space is back
+
+            retried = client.post(f"/ingest/v1/uploads/{uids[0]}/retry")
+            assert retried.status_code == 202, retried.text
+            again = client.put(locations[1], params={"digest": sha256(blobs[1])})
+            assert again.status_code == 201, again.text
+            deadline = time.monotonic() + 60
+            while client.get(f"/ingest/v1/uploads/{uids[0]}").json()["state"] != "committed":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            for data in blobs:
+                assert client.get(f"/v2/disk/link/blobs/{sha256(data)}").content == data
     finally:
         stack.close()

@@ -203,7 +203,8 @@ def test_the_reconciler_resends_a_verification_the_broker_lost(
     _purge(amqp_url)  # the broker loses it (e.g. a RabbitMQ node lost its data)
     assert ing.status(up.id).state == "finishing"
 
-    summary = reconcile(ing.driver, ing.queue, amqp_stack.settings, grace=0.0)
+    # As if the loss happened two minutes ago (the grace cannot go below a minute).
+    summary = reconcile(ing.driver, ing.queue, amqp_stack.settings, grace=60, now=time.time() + 120)
     assert [e["upload_id"] for e in summary.requeued] == [up.id]
     amqp_stack.worker(concurrency=1)
     result = ticket.wait(timeout=60)  # same task id: the original ticket sees it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from ingest.queue import QUEUE_VERIFY
+from ingest.uploads import Staging
 from tests.integration.conftest import Stack, stage_large, wait_for_progress
 from workers.devstack import Frontend
 from workers.localredis import LocalRedis, free_port
@@ -133,10 +135,15 @@ def test_losing_redis_keeps_uploads_and_the_reconciler_requeues_lost_verificatio
         assert resumed.finish(sha256(b"first half second half")).wait(30)["status"] == "committed"
 
         # The lost verifications are stuck in "finishing" until the reconciler runs.
+        staging = Staging(ing.driver)
         for t in tickets:
             assert ing.status(t.upload_id).state == "finishing"
+            # The outage lasted two minutes: older than the shortest grace (a minute).
+            record = staging.state(t.upload_id)
+            aged = dataclasses.replace(record, updated_at=record.updated_at - 120)
+            staging.write_state(t.upload_id, aged)
         run = subprocess.run(
-            [sys.executable, "-m", "ingest.cli", "--json", "reconcile", "--grace", "0"],
+            [sys.executable, "-m", "ingest.cli", "--json", "reconcile", "--grace", "1m"],
             env={**os.environ, **stack.env},
             capture_output=True,
             text=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from ingest.errors import (
     SizeInvalid,
     StorageUnavailable,
 )
+from ingest.leases import LEASE_STALE, Lease, write_lease
+from ingest.queue import TaskInfo
 from ingest.storage.base import PathNotFound, StorageDriver
 from ingest.uploads import UploadState
 from tests.unit.fakes import (
@@ -361,6 +364,68 @@ def test_retry_of_an_open_or_finishing_upload_is_blob_upload_invalid(
         ing.retry(up.id)
     assert info.value.detail["state"] == "finishing"
     assert len(queue.calls) == 1
+
+
+def _finishing_with_lease(ing: Ingest, renewed_at: float) -> tuple[str, str]:
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    ticket = up.finish(sha256(DATA))
+    write_lease(
+        ing.driver, paths.upload_verify_lease_path(up.id), Lease(ticket.task_id, renewed_at)
+    )
+    return up.id, ticket.task_id
+
+
+def test_retry_and_a_repeated_finish_leave_a_verification_with_a_live_lease_alone(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, queue = ingq
+    uid, task = _finishing_with_lease(ing, renewed_at=time.time())
+    with pytest.raises(BlobUploadInvalid):
+        ing.retry(uid)
+    assert ing.finish(REPO, uid, sha256(DATA)).task_id == task  # the same attempt
+    assert len(queue.calls) == 1
+
+
+def test_retry_takes_over_a_verification_whose_worker_died(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, _ = ingq
+    uid, task = _finishing_with_lease(ing, renewed_at=time.time() - LEASE_STALE - 1)
+    ticket = ing.retry(uid)
+    assert ticket.task_id != task
+    assert ing.staging.state(uid).attempt == 2
+    assert ticket.wait()["size"] == len(DATA)
+
+
+def test_a_repeated_finish_takes_over_a_verification_whose_worker_died(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, _ = ingq
+    uid, task = _finishing_with_lease(ing, renewed_at=time.time() - LEASE_STALE - 1)
+    ticket = ing.finish(REPO, uid, sha256(DATA))
+    assert ticket.task_id != task
+    assert ticket.wait()["status"] == "committed"
+
+
+def test_an_attempt_that_ended_without_recording_its_failure_can_be_retried(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    # A full disk: the task ran out of retries and could not write its failure, so
+    # storage still says "finishing" while the result backend holds the FAILURE.
+    ing, queue = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA)
+    first = up.finish(sha256(DATA))
+    error = {"code": "UNAVAILABLE", "message": "no space", "detail": {}}
+    ended = {first.task_id: TaskInfo(first.task_id, "FAILURE", error=error)}
+    queue.info = lambda task_id: ended.get(task_id, TaskInfo(task_id, "PENDING"))  # type: ignore[method-assign]
+    assert ing.staging.state(up.id).state is UploadState.FINISHING
+    again = ing.finish(REPO, up.id, sha256(DATA))  # the client's repeated PUT
+    assert again.task_id != first.task_id
+    with pytest.raises(BlobUploadInvalid):
+        ing.retry(up.id)  # the new attempt is queued: nothing to retry
+    assert again.wait()["size"] == len(DATA)
 
 
 def test_retry_of_a_cancelled_upload_is_blob_upload_unknown(

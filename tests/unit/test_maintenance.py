@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from ingest import locks, paths
 from ingest.config import Settings
 from ingest.errors import TooManyRequests
+from ingest.leases import LEASE_STALE, Lease, read_lease, write_lease
 from ingest.maintenance import purge_uploads, reconcile
 from ingest.queue import TaskInfo
 from ingest.storage.filesystem import FilesystemDriver
@@ -60,7 +62,7 @@ def test_purge_never_touches_finishing_or_verified_uploads(driver: FilesystemDri
         staging.transition(info.id, staging.state(info.id), state)
         touch_data(driver, info.id, clock.now)
         ids.append(info.id)
-    summary = purge_uploads(driver, older_than=10, now=clock.now + 1_000)
+    summary = purge_uploads(driver, older_than=3600, now=clock.now + 10_000)
     assert summary.skipped_busy == 2
     assert [r["upload_id"] for r in summary.removed] == [ids[2]]
     assert sorted(staging.list_ids()) == sorted(ids[:2])
@@ -74,7 +76,7 @@ def test_purge_dry_run_reports_without_removing(driver: FilesystemDriver) -> Non
     w.write(b"x" * 1234)
     w.close()
     touch_data(driver, info.id, clock.now)
-    summary = purge_uploads(driver, older_than=10, now=clock.now + 100, dry_run=True)
+    summary = purge_uploads(driver, older_than=3600, now=clock.now + 3_700, dry_run=True)
     assert summary.to_dict()["removed_count"] == 1
     assert summary.bytes_freed == 1234
     assert staging.list_ids() == [info.id]
@@ -83,7 +85,7 @@ def test_purge_dry_run_reports_without_removing(driver: FilesystemDriver) -> Non
 def test_purge_removes_half_created_sessions_by_age(driver: FilesystemDriver) -> None:
     uid = "0b6f3c1e-8a44-4d7e-9c55-3f1a2b4c5d6e"
     driver.put_content(paths.upload_info_path(uid), b"{}")  # crash before state.json
-    summary = purge_uploads(driver, older_than=10, now=os.path.getmtime(driver.root) + 10_000)
+    summary = purge_uploads(driver, older_than=3600, now=os.path.getmtime(driver.root) + 10_000)
     assert [r["state"] for r in summary.removed] == ["incomplete"]
 
 
@@ -120,24 +122,74 @@ def finishing_upload(driver: FilesystemDriver, data: bytes) -> tuple[str, str]:
     return up.id, ticket.task_id
 
 
+def lease(driver: FilesystemDriver, upload_id: str, task_id: str, renewed_at: float) -> None:
+    write_lease(driver, paths.upload_verify_lease_path(upload_id), Lease(task_id, renewed_at))
+
+
 def test_reconcile_requeues_lost_tasks_under_the_same_id_and_leaves_live_ones(
     driver: FilesystemDriver,
 ) -> None:
     lost_id, lost_task = finishing_upload(driver, b"lost")
     live_id, live_task = finishing_upload(driver, b"live")
     _, queue = make_ingest(driver)
+    lease(driver, live_id, live_task, renewed_at=2e10 - 1)  # its worker renews it
     backend: dict[str, TaskInfo] = {live_task: TaskInfo(live_task, "PROGRESS", progress={})}
     queue.info = Backend(backend)  # type: ignore[method-assign]
-    summary = reconcile(driver, queue, Settings(), grace=0, now=2e10)
-    assert [r["upload_id"] for r in summary.requeued] == [lost_id]
+    summary = reconcile(driver, queue, Settings(), grace=60, now=2e10)
+    assert [(r["upload_id"], r["reason"]) for r in summary.requeued] == [(lost_id, "lost")]
     assert summary.in_flight == 1
     assert [(c.upload_id, c.task_id, c.digest) for c in queue.calls] == [
         (lost_id, lost_task, sha256(b"lost"))
     ]
     assert queue.wait(lost_task, 1)["status"] == "committed"
-    # Committed uploads are not scanned again.
-    again = reconcile(driver, queue, Settings(), grace=0, now=2e10)
-    assert [r["upload_id"] for r in again.requeued] == [live_id] or again.requeued == []
+    # Committed uploads are not scanned again; the live one is still left alone.
+    again = reconcile(driver, queue, Settings(), grace=60, now=2e10)
+    assert again.requeued == []
+    assert (again.scanned, again.in_flight) == (1, 1)
+
+
+def test_a_verification_whose_worker_died_is_requeued_at_once_whatever_the_grace(
+    driver: FilesystemDriver,
+) -> None:
+    uid, task = finishing_upload(driver, b"worker died")
+    _, queue = make_ingest(driver)
+    started = time.time()
+    lease(driver, uid, task, renewed_at=started)
+    # Its PROGRESS is stale too, but the lease is what counts.
+    queue.info = Backend({task: TaskInfo(task, "PROGRESS", progress={})})  # type: ignore[method-assign]
+    alive = reconcile(driver, queue, Settings(), grace=3600, now=started + LEASE_STALE - 1)
+    assert (alive.requeued, alive.in_flight) == ([], 1)
+    dead = reconcile(driver, queue, Settings(), grace=3600, now=started + LEASE_STALE + 1)
+    assert [(r["upload_id"], r["reason"]) for r in dead.requeued] == [(uid, "lease-expired")]
+    assert [c.task_id for c in queue.calls] == [task]
+    handed = read_lease(driver, paths.upload_verify_lease_path(uid))
+    assert handed is not None
+    assert handed.requeued
+    # The re-sent task is queued: later reconciles wait for it instead of re-sending.
+    later = reconcile(driver, queue, Settings(), grace=3600, now=started + 600)
+    assert (later.requeued, later.in_flight) == ([], 1)
+    assert len(queue.calls) == 1
+    assert queue.wait(task, 1)["status"] == "committed"
+    assert read_lease(driver, paths.upload_verify_lease_path(uid)) is None  # the run's, removed
+
+
+def test_a_stale_lease_of_an_earlier_attempt_is_no_evidence_about_the_current_one(
+    driver: FilesystemDriver,
+) -> None:
+    uid, _ = finishing_upload(driver, b"retried")
+    _, queue = make_ingest(driver)
+    lease(driver, uid, "an-earlier-attempt", renewed_at=0.0)
+    summary = reconcile(driver, queue, Settings(), grace=3600, now=time.time() + 60)
+    assert (summary.requeued, summary.in_flight) == ([], 1)
+    assert queue.calls == []
+
+
+def test_a_retrying_task_without_a_lease_is_left_to_its_backoff(driver: FilesystemDriver) -> None:
+    _, task = finishing_upload(driver, b"retrying")
+    _, queue = make_ingest(driver)
+    queue.info = Backend({task: TaskInfo(task, "RETRY")})  # type: ignore[method-assign]
+    summary = reconcile(driver, queue, Settings(), grace=60, now=2e10)
+    assert (summary.requeued, summary.in_flight) == ([], 1)
 
 
 def test_reconcile_respects_the_grace_period_and_dry_run(driver: FilesystemDriver) -> None:
@@ -146,7 +198,7 @@ def test_reconcile_respects_the_grace_period_and_dry_run(driver: FilesystemDrive
     young = reconcile(driver, queue, Settings(), grace=3600)
     assert young.requeued == []
     assert young.in_flight == 1
-    dry = reconcile(driver, queue, Settings(), grace=0, now=2e10, dry_run=True)
+    dry = reconcile(driver, queue, Settings(), grace=60, now=2e10, dry_run=True)
     assert [r["upload_id"] for r in dry.requeued] == [uid]
     assert queue.calls == []
 
@@ -158,7 +210,7 @@ def test_reconcile_records_a_failure_the_backend_knows_but_storage_missed(
     _, queue = make_ingest(driver)
     error: dict[str, Any] = {"code": "DIGEST_INVALID", "message": "mismatch", "detail": {}}
     queue.info = Backend({task: TaskInfo(task, "FAILURE", error=error)})  # type: ignore[method-assign]
-    summary = reconcile(driver, queue, Settings(), grace=0, now=2e10)
+    summary = reconcile(driver, queue, Settings(), grace=60, now=2e10)
     assert summary.recorded_failures == 1
     record = Staging(driver).state(uid)
     assert record.state is UploadState.FAILED
@@ -191,7 +243,8 @@ def test_commits_racing_purges_and_unlinks_never_leave_a_link_without_its_blob(
         store = BlobStore(driver)
         while not stop.is_set():
             try:
-                purge_uploads(driver, older_than=-1.0)
+                # The floor's cut-off, a day from now: every idle upload is old.
+                purge_uploads(driver, older_than=3600, now=time.time() + 86_400)
                 for data in blobs:
                     for repo in ("race/r0", "race/r1", "race/r2"):
                         with contextlib.suppress(Exception):

@@ -18,6 +18,7 @@ UID = "3f2c7a1e-9b4d-4c8e-a1f0-123456789abc"
 SHA256 = Digest("sha256", HEX256)
 SHA512 = Digest("sha512", HEX512)
 TARSUM = Digest("tarsum.v1+sha256", HEX256)
+QID = "20250101T120000Z-abcccccccccc-0123abcd"
 
 TABLE: list[tuple[Callable[[], str], str]] = [
     (lambda: paths.blob_dir(SHA256), f"/blobs/sha256/ab/{HEX256}"),
@@ -46,6 +47,27 @@ TABLE: list[tuple[Callable[[], str], str]] = [
     (lambda: paths.upload_result_path(UID), f"/uploads/{UID}/result.json"),
     (lambda: paths.upload_prehash_path(UID), f"/uploads/{UID}/prehash.json"),
     (lambda: paths.upload_prehash_lease_path(UID), f"/uploads/{UID}/prehash.lease"),
+    (lambda: paths.upload_verify_lease_path(UID), f"/uploads/{UID}/verify.lease"),
+    (paths.repositories_root, "/repositories"),
+    (paths.blobs_root, "/blobs/sha256"),
+    (
+        lambda: paths.manifest_revision_dir("foo/bar", SHA512),
+        f"/repositories/foo/bar/_manifests/revisions/sha512/{HEX512}",
+    ),
+    (
+        lambda: paths.manifest_revision_link_path("foo", SHA256),
+        f"/repositories/foo/_manifests/revisions/sha256/{HEX256}/link",
+    ),
+    (lambda: paths.manifest_tags_dir("foo/bar"), "/repositories/foo/bar/_manifests/tags"),
+    (
+        lambda: paths.RepositoryLink("foo", "layer", TARSUM).path,
+        f"/repositories/foo/_layers/tarsum.v1+sha256/{HEX256}/link",
+    ),
+    (paths.quarantine_root, "/quarantine"),
+    (lambda: paths.quarantine_dir(QID), f"/quarantine/{QID}"),
+    (lambda: paths.quarantine_record_path(QID), f"/quarantine/{QID}/record.json"),
+    (lambda: paths.quarantine_data_path(QID), f"/quarantine/{QID}/data"),
+    (paths.fsck_state_path, "/maintenance/fsck.json"),
 ]
 
 
@@ -70,7 +92,21 @@ def test_every_exported_mapper_function_is_in_the_table() -> None:
         "upload_result_path",
         "upload_prehash_path",
         "upload_prehash_lease_path",
+        "upload_verify_lease_path",
         "validate_upload_id",
+        "repositories_root",
+        "blobs_root",
+        "manifest_revision_dir",
+        "manifest_revision_link_path",
+        "manifest_tags_dir",
+        "RepositoryLink",
+        "parse_repository_link",  # its inverse: property-tested in test_fsck.py
+        "quarantine_root",
+        "quarantine_dir",
+        "quarantine_record_path",
+        "quarantine_data_path",
+        "validate_quarantine_id",
+        "fsck_state_path",
     }
     assert set(paths.__all__) == covered
 
@@ -146,3 +182,11 @@ def test_validate_upload_id_rejects_anything_but_a_lower_case_uuid4(upload_id: s
     ):
         with pytest.raises(BlobUploadUnknown):
             mapper(upload_id)
+
+
+@pytest.mark.parametrize(
+    "qid", ["", "x", "../etc", "20250101T120000Z-ABCCCCCCCCCC-0123abcd", f"{QID}/..", QID + "0"]
+)
+def test_a_malformed_quarantine_id_is_refused(qid: str) -> None:
+    with pytest.raises(ValueError, match="quarantine id"):
+        paths.quarantine_dir(qid)

@@ -15,6 +15,7 @@ from ingest.api import Ingest
 from ingest.commit import commit_upload
 from ingest.config import Settings
 from ingest.errors import DigestInvalid, StorageUnavailable
+from ingest.leases import Lease, read_lease, write_lease
 from ingest.prehash import Prehashed, await_prehash, prehash_upload, read_prehash
 from ingest.storage.base import PathNotFound, StorageDriver
 from ingest.uploads import UploadState
@@ -193,11 +194,11 @@ def test_the_lease_is_renewed_while_hashing(driver: StorageDriver) -> None:
     offsets: list[int] = []
 
     def watch(_: int) -> None:
-        raw = driver.get_content(paths.upload_prehash_lease_path(up.id))
-        lease = json.loads(raw)
-        assert lease["task_id"] == "pre-1"
-        offsets.append(lease["offset"])
-        renewals.append(lease["renewed_at"])
+        lease = read_lease(driver, paths.upload_prehash_lease_path(up.id))
+        assert lease is not None
+        assert lease.task_id == "pre-1"
+        offsets.append(lease.detail["offset"])
+        renewals.append(lease.renewed_at)
 
     _run(driver, up.id, Clock(watch), idle_timeout=3.5)
     assert offsets[-1] == len(DATA)
@@ -239,8 +240,7 @@ def test_an_unknown_upload_is_skipped(driver: StorageDriver) -> None:
 
 
 def _lease(driver: StorageDriver, uid: str, renewed_at: float) -> None:
-    lease = {"task_id": "t", "offset": 0, "renewed_at": renewed_at}
-    driver.put_content(paths.upload_prehash_lease_path(uid), json.dumps(lease).encode())
+    write_lease(driver, paths.upload_prehash_lease_path(uid), Lease("t", renewed_at))
 
 
 def _record(driver: StorageDriver, uid: str, size: int, digest: str) -> None:
