@@ -146,7 +146,7 @@ class Ingest:
             settings.visibility_timeout,
             settings.redis_ssl_options(),
         )
-        return cls(FilesystemDriver(settings.storage_root), queue, settings)
+        return cls(FilesystemDriver.from_settings(settings), queue, settings)
 
     # -- uploads ----------------------------------------------------------------------
 

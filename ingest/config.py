@@ -25,6 +25,7 @@ __all__ = [
     "Settings",
     "mask_url",
     "parse_duration",
+    "parse_mode",
     "parse_size",
     "redis_tls_options",
 ]
@@ -91,6 +92,14 @@ def _parse_bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"not a boolean: {text!r}")
+
+
+def parse_mode(text: str) -> int:
+    """``"0640"``, ``"640"`` or ``"0o640"`` → 0o640: permission bits, always octal."""
+    digits = text.strip().lower().removeprefix("0o")
+    if not re.fullmatch(r"[0-7]{1,4}", digits):
+        raise ValueError(f"not an octal file mode: {text!r}")
+    return int(digits, 8)
 
 
 def parse_size(text: str) -> int:
@@ -176,6 +185,10 @@ class Settings:
     max_manifest_size: int = 4 << 20
     prehash_min_size: int = 32 << 20  # 0: never hash uploads while they arrive
     prehash_idle: float = 10.0
+    # Permissions of what the filesystem driver creates (octal; the umask only removes
+    # bits). Private by default: staged uploads are not for other local users.
+    file_mode: int = 0o640
+    dir_mode: int = 0o750
     fsck_interval: float = 600.0  # 0: no scheduled fsck
     fsck_budget: int = 1 << 30  # bytes hashed per scheduled share
     fsck_budget_blobs: int = 10_000  # blobs per scheduled share
@@ -212,6 +225,11 @@ class Settings:
             raise ConfigError("must not be negative", "prehash_min_size")
         if self.prehash_idle <= 0:
             raise ConfigError("must be positive", "prehash_idle")
+        if self.file_mode & ~0o777 or not self.file_mode & 0o200:
+            # Without the owner's write bit every staged file would read as sealed.
+            raise ConfigError("must be an octal mode within 0777 with owner write", "file_mode")
+        if self.dir_mode & ~0o777 or self.dir_mode & 0o700 != 0o700:
+            raise ConfigError("must be an octal mode within 0777 with owner rwx", "dir_mode")
         for name in ("header_timeout", "body_idle_timeout", "keepalive_timeout", "max_connections"):
             if getattr(self, name) <= 0:
                 raise ConfigError("must be positive", name)
@@ -328,7 +346,10 @@ class Settings:
                         "prehash_min_size",
                         "fsck_budget",
                     )
-                    values[f.name] = parse_size(raw) if is_size else int(raw)
+                    if f.name in ("file_mode", "dir_mode"):
+                        values[f.name] = parse_mode(raw)
+                    else:
+                        values[f.name] = parse_size(raw) if is_size else int(raw)
                 elif f.type in ("float", float):
                     values[f.name] = parse_duration(raw)
                 elif f.type in ("bool", bool):

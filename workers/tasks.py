@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 
 
 @cache
-def _driver(root: str) -> FilesystemDriver:
-    return FilesystemDriver(root)
+def _driver() -> FilesystemDriver:
+    return FilesystemDriver.from_settings(_settings())
 
 
 def _settings() -> Settings:
@@ -117,7 +117,7 @@ class IngestTask(CheckedTask):
         )
         try:
             # Normally already recorded by the task body; this catches the rest.
-            mark_failed(Staging(_driver(_settings().storage_root)), str(args[0]), error, task_id)
+            mark_failed(Staging(_driver()), str(args[0]), error, task_id)
         except Exception:
             log.exception("could not record failure of upload %s", args[0])
 
@@ -150,7 +150,7 @@ def verify_upload(
         except Exception:
             log.debug("progress report failed", exc_info=True)
 
-    driver = _driver(settings.storage_root)
+    driver = _driver()
     try:
         return commit_upload(
             driver,
@@ -196,7 +196,7 @@ def prehash(self: Task[Any, Any], upload_id: str) -> dict[str, Any]:
     limit = settings.max_time_limit()
     try:
         return prehash_upload(
-            _driver(settings.storage_root),
+            _driver(),
             upload_id,
             task_id=self.request.id,
             idle_timeout=settings.prehash_idle,
@@ -213,7 +213,7 @@ def reconcile_uploads(grace: float | None = None) -> dict[str, Any]:
     refuses a grace below its floor."""
     settings = _settings()
     summary = reconcile(
-        _driver(settings.storage_root),
+        _driver(),
         CeleryTaskQueue(app),
         settings,
         grace=settings.reconcile_grace if grace is None else grace,
@@ -238,7 +238,7 @@ def purge_abandoned_uploads(
         ttl=max(600.0, settings.purge_interval),
         tls=settings.redis_ssl_options(),
     ):
-        summary = purge_uploads(_driver(settings.storage_root), older_than=age, dry_run=dry_run)
+        summary = purge_uploads(_driver(), older_than=age, dry_run=dry_run)
     log.info("purge removed %d upload(s), %d bytes", len(summary.removed), summary.bytes_freed)
     return summary.to_dict()
 
@@ -310,7 +310,7 @@ def fsck_share(
             settings.redis_url, "fsck", ttl=FSCK_LOCK_TTL, tls=settings.redis_ssl_options()
         ) as renew:
             share = run_share(
-                _driver(settings.storage_root),
+                _driver(),
                 budget_bytes=budget,
                 budget_blobs=budget_blobs,
                 repair=repair,

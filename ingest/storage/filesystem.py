@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ingest.config import Settings
 from ingest.errors import StorageUnavailable
 from ingest.storage.base import (
     FileInfo,
@@ -188,6 +189,10 @@ class FilesystemDriver:
         self.dir_mode = dir_mode
         self.root = Path(root).resolve()
         self.root.mkdir(mode=dir_mode, parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FilesystemDriver:
+        return cls(settings.storage_root, file_mode=settings.file_mode, dir_mode=settings.dir_mode)
 
     def __repr__(self) -> str:
         return f"FilesystemDriver({str(self.root)!r})"

@@ -6,8 +6,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ingest.config import ConfigError, Settings, parse_size
+from ingest.config import ConfigError, Settings, parse_mode, parse_size
 
 
 def test_an_empty_environment_gives_the_defaults() -> None:
@@ -209,5 +211,41 @@ def test_prehash_settings_parse_and_zero_disables() -> None:
     ("var", "value"), [("INGEST_PREHASH_MIN_SIZE", "-1"), ("INGEST_PREHASH_IDLE", "0")]
 )
 def test_bad_prehash_settings_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=var):
+        Settings.from_env({var: value})
+
+
+@given(mode=st.integers(min_value=0, max_value=0o7777))
+def test_modes_parse_as_octal_in_every_spelling(mode: int) -> None:
+    for text in (f"{mode:o}", f"{mode:04o}", f"0o{mode:o}", f" {mode:o} "):
+        assert parse_mode(text) == mode
+
+
+@given(text=st.text(max_size=8))
+def test_a_mode_is_octal_digits_or_a_value_error(text: str) -> None:
+    try:
+        mode = parse_mode(text)
+    except ValueError:
+        return
+    assert 0 <= mode <= 0o7777
+
+
+def test_file_modes_default_private_and_parse_from_the_environment() -> None:
+    assert (Settings().file_mode, Settings().dir_mode) == (0o640, 0o750)
+    s = Settings.from_env({"INGEST_FILE_MODE": "0660", "INGEST_DIR_MODE": "770"})
+    assert (s.file_mode, s.dir_mode) == (0o660, 0o770)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("INGEST_FILE_MODE", "0440"),  # no owner write: every new file would look sealed
+        ("INGEST_FILE_MODE", "644a"),
+        ("INGEST_FILE_MODE", "10640"),
+        ("INGEST_DIR_MODE", "0640"),  # a directory the owner cannot enter
+        ("INGEST_DIR_MODE", "rwx"),
+    ],
+)
+def test_bad_modes_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(ConfigError, match=var):
         Settings.from_env({var: value})

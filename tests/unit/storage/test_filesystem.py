@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import string
 from collections.abc import Callable
 from pathlib import Path
@@ -139,3 +140,61 @@ def test_nothing_is_ever_created_outside_the_root(tmp_path: Path, path: str) -> 
         for child in driver.list("/"):
             driver.delete(child)
     assert _entries(tmp_path / "root") == []
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*")}
+
+
+def test_files_and_directories_are_private_by_default_and_sealed_files_read_only(
+    tmp_path: Path,
+) -> None:
+    old = os.umask(0o022)
+    try:
+        driver = FilesystemDriver(tmp_path / "root")
+        driver.put_content("/a/b/record.json", b"{}")
+        w = driver.writer("/uploads/u/data")
+        w.write(b"staged")
+        w.close()
+        driver.writer("/uploads/v/data").close()
+        driver.seal("/uploads/v/data")
+        driver.move("/uploads/v/data", "/blobs/x/data")
+    finally:
+        os.umask(old)
+    modes = _modes(driver.root)
+    assert modes == {
+        "a": 0o750,
+        "a/b": 0o750,
+        "a/b/record.json": 0o640,
+        "uploads": 0o750,
+        "uploads/u": 0o750,
+        "uploads/u/data": 0o640,
+        "uploads/v": 0o750,
+        "blobs": 0o750,
+        "blobs/x": 0o750,
+        "blobs/x/data": 0o440,
+    }
+
+
+def test_configured_modes_are_used_and_the_umask_can_only_take_bits_away(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        driver = FilesystemDriver(tmp_path / "root", file_mode=0o664, dir_mode=0o775)
+        driver.put_content("/d/record.json", b"{}")
+        driver.writer("/d/data").close()
+    finally:
+        os.umask(old)
+    modes = _modes(driver.root)
+    assert modes["d"] == 0o750
+    assert modes["d/record.json"] == 0o640
+    assert modes["d/data"] == 0o664  # staged data gets exactly the mode (fchmod)
+
+
+@pytest.mark.parametrize(
+    ("file_mode", "dir_mode"), [(0o440, 0o750), (0o640, 0o650), (0o1640, 0o750)]
+)
+def test_modes_that_would_break_the_seal_or_the_tree_are_refused(
+    tmp_path: Path, file_mode: int, dir_mode: int
+) -> None:
+    with pytest.raises(ValueError, match="mode"):
+        FilesystemDriver(tmp_path / "root", file_mode=file_mode, dir_mode=dir_mode)
