@@ -74,6 +74,16 @@ _TIMEOUT_408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n"
 )
+_TOO_LARGE_431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\ncontent-length: 23\r\n"
+    b"connection: close\r\n\r\nrequest head too large\n"
+)
+#: Most bytes a client may send before its request head is complete (Go's net/http
+#: default). The parser buffers a head, so without this bound a client could push
+#: hundreds of MiB of header into memory within the header timeout. Counted per read
+#: chunk (up to 256 KiB), so the head itself is held to at least 768 KiB.
+MAX_HEAD_BYTES = 1 << 20
 _BUSY_503 = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 21\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections\n"
@@ -177,6 +187,7 @@ class IngestHTTPProtocol(HttpToolsProtocol):
         self._in_message = False  # the parser is inside a request (head or body)
         self._in_head = False  # ... and still inside its head
         self._last_read = 0.0
+        self._head_bytes = 0  # bytes received since the current head began
         self._unsent = 0  # outgoing bytes buffered when the send clock last looked
 
     # -- connection ------------------------------------------------------------------
@@ -199,6 +210,14 @@ class IngestHTTPProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()
+        if not self._in_message or self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                limit = MAX_HEAD_BYTES
+                self._drop(
+                    "head_too_large", f"request head over {limit} bytes", limit, _TOO_LARGE_431
+                )
+                return
         super().data_received(data)  # the parser callbacks below run in here
         if self.transport.is_closing():
             return
@@ -224,6 +243,7 @@ class IngestHTTPProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._head_bytes = 0
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -231,6 +251,7 @@ class IngestHTTPProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._head_bytes = 0
         super().on_message_complete()
 
     # -- writing -------------------------------------------------------------------

@@ -317,3 +317,23 @@ def test_connections_beyond_the_cap_are_refused_while_the_first_ones_stay_usable
     finally:
         for s in held + extra:
             s.close()
+
+
+def test_a_huge_request_head_is_refused_with_431_before_it_fills_memory(served: Stack) -> None:
+    port = served.frontends[0].port
+    assert port is not None
+    with connect(port) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Flood: ")
+        sent = 0
+        try:
+            while sent < 64 << 20:  # far past any bound, sent as fast as the server reads
+                sock.sendall(b"x" * (1 << 20))
+                sent += 1 << 20
+        except OSError:
+            pass  # the server closed the connection on us: refused
+        took, answer = wait_closed(sock, time.monotonic())
+    assert sent < 16 << 20, f"{sent >> 20} MiB of header accepted"
+    assert took < LATEST
+    assert answer.startswith(b"HTTP/1.1 431 ") or answer == b""
+    with connect(port) as sock:
+        assert get_v2(sock) == 200  # the server is fine

@@ -230,6 +230,38 @@ def test_part_of_a_head_then_silence_gets_a_408() -> None:
     run(scenario)
 
 
+def test_a_request_head_over_the_size_bound_gets_431_and_is_closed() -> None:
+    async def scenario() -> None:
+        app = App()
+        _, t = connect(app)
+        t.send(b"GET / HTTP/1.1\r\nX-Big: ")
+        sent = 0
+        while not t.closing and sent <= 2 * server.MAX_HEAD_BYTES:
+            t.send(b"x" * 65536)  # fast: well within the header timeout
+            sent += 65536
+        assert t.closing
+        assert sent <= server.MAX_HEAD_BYTES + 65536
+        assert t.out.startswith(b"HTTP/1.1 431 ")
+        assert not app.done.is_set()  # the app never saw the request
+
+    run(scenario)
+
+
+def test_a_large_body_right_behind_a_small_head_is_not_taken_for_a_head() -> None:
+    async def scenario() -> None:
+        app = App()
+        _, t = connect(app)
+        body = b"b" * (256 << 10)
+        t.send(put_head(len(body) * 5) + body)  # head and first chunk in one read
+        for _ in range(4):
+            t.send(body)
+        await until(lambda: app.done.is_set())
+        assert t.out.startswith(b"HTTP/1.1 200 ")
+        assert app.got == len(body) * 5
+
+    run(scenario)
+
+
 def test_bytes_trickling_in_do_not_extend_the_header_deadline() -> None:
     async def scenario() -> None:
         _, t = connect(App())
