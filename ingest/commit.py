@@ -65,7 +65,7 @@ from ingest.errors import (
     StorageUnavailable,
     Unknown,
 )
-from ingest.leases import hold_lease
+from ingest.leases import LEASE_RENEW, hold_lease
 from ingest.prehash import await_prehash
 from ingest.storage.base import PathNotFound, StorageDriver, sync_in_background
 from ingest.uploads import Staging, UploadRecord, UploadState
@@ -218,8 +218,12 @@ def commit_upload(
         )
     # While the lease is renewed, reconcile and retry leave this attempt alone; if the
     # worker dies, it goes stale in seconds and they hand the work to another worker.
+    # A small blob verifies in milliseconds: its lease is written only if it stalls.
+    first_after = 0.0 if record.size >= PROGRESS_MIN_SIZE else LEASE_RENEW
     try:
-        with hold_lease(driver, paths.upload_verify_lease_path(upload_id), task_id):
+        with hold_lease(
+            driver, paths.upload_verify_lease_path(upload_id), task_id, first_after=first_after
+        ):
             return _verify_and_place(
                 started,
                 driver,

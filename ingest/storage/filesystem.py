@@ -103,6 +103,21 @@ class _FileWriter:
         self._logical = logical
         self._full = full
         flags = os.O_WRONLY | os.O_APPEND | (0 if append else os.O_CREAT)
+        if not append:
+            # A new object (the common case: a new upload) needs no lock: nobody else
+            # can have sealed or opened it yet.
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(full, flags | os.O_EXCL, file_mode)
+                try:
+                    os.fchmod(fd, file_mode)  # exact, whatever the umask
+                    st = os.fstat(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._inode = (st.st_dev, st.st_ino)
+                self._size = 0
+                self._fd: int | None = fd
+                return
         try:
             fd = os.open(full, flags, file_mode)
         except PermissionError:
@@ -123,7 +138,7 @@ class _FileWriter:
         except BaseException:
             os.close(fd)
             raise
-        self._fd: int | None = fd
+        self._fd = fd
 
     @property
     def size(self) -> int:
@@ -291,8 +306,11 @@ class FilesystemDriver:
     def seal(self, path: str) -> int:
         full = self._full(path)
         with _mapped(path):
-            if full.is_dir():
+            st = full.stat()
+            if stat.S_ISDIR(st.st_mode):
                 raise PathNotFound(path, "is a directory")
+            if _is_sealed(st):
+                return st.st_size  # sealed stays sealed: no lock needed to read its size
             try:
                 fd = os.open(full, os.O_RDWR)  # NFS: an exclusive lock needs a writable fd
             except PermissionError:

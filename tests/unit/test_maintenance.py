@@ -170,7 +170,8 @@ def test_a_verification_whose_worker_died_is_requeued_at_once_whatever_the_grace
     assert (later.requeued, later.in_flight) == ([], 1)
     assert len(queue.calls) == 1
     assert queue.wait(task, 1)["status"] == "committed"
-    assert read_lease(driver, paths.upload_verify_lease_path(uid)) is None  # the run's, removed
+    done = reconcile(driver, queue, Settings(), grace=3600, now=started + 7200)
+    assert (done.scanned, done.requeued) == (0, [])  # committed: nothing left to judge
 
 
 def test_a_stale_lease_of_an_earlier_attempt_is_no_evidence_about_the_current_one(
