@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ __all__ = [
     "make_ingest",
     "sha256",
     "sha512",
+    "worker_settings",
 ]
 
 DRIVER_KINDS = ["memory", "filesystem"]
@@ -114,3 +117,20 @@ def sha256(data: bytes) -> str:
 
 def sha512(data: bytes) -> str:
     return "sha512:" + hashlib.sha512(data).hexdigest()
+
+
+@contextlib.contextmanager
+def worker_settings(storage_root: Path, **changes: Any) -> Iterator[FilesystemDriver]:
+    """Run the worker's tasks (called in-process) against ``storage_root`` and the
+    other ``changes`` to its Settings; yields a driver on that root."""
+    from workers import tasks
+    from workers.app import app
+
+    settings = app.conf.ingest_settings
+    app.conf.ingest_settings = replace(settings, storage_root=str(storage_root), **changes)
+    tasks._driver.cache_clear()
+    try:
+        yield FilesystemDriver(storage_root)
+    finally:
+        app.conf.ingest_settings = settings
+        tasks._driver.cache_clear()

@@ -27,7 +27,7 @@ from ingest.manifests import OCI_MANIFEST, ManifestStore, _revision_dir
 from ingest.storage.base import FileInfo, StorageDriver
 from ingest.storage.filesystem import FilesystemDriver
 from tests.data import TARSUM_VECTORS
-from tests.unit.fakes import DRIVER_KINDS, make_driver, make_ingest, sha256, sha512
+from tests.unit.fakes import DRIVER_KINDS, make_driver, make_ingest, sha256, sha512, worker_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = (
@@ -759,19 +759,8 @@ def fake_redis(monkeypatch: pytest.MonkeyPatch) -> fakeredis.FakeServer:
 
 @pytest.fixture
 def task_storage(tmp_path: Path) -> Iterator[FilesystemDriver]:
-    from dataclasses import replace
-
-    from workers import tasks
-    from workers.app import app
-
-    settings = app.conf.ingest_settings
-    app.conf.ingest_settings = replace(settings, storage_root=str(tmp_path / "root"))
-    tasks._driver.cache_clear()
-    try:
-        yield FilesystemDriver(tmp_path / "root")
-    finally:
-        app.conf.ingest_settings = settings
-        tasks._driver.cache_clear()
+    with worker_settings(tmp_path / "root") as driver:
+        yield driver
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,8 @@ from ingest.errors import ArgumentInvalid, from_dict
 from ingest.maintenance import purge_uploads, reconcile
 from ingest.storage.filesystem import FilesystemDriver
 from ingest.uploads import Staging, UploadState
-from tests.unit.fakes import make_ingest, sha256
+from tests.unit.fakes import make_ingest, sha256, worker_settings
 from workers import tasks
-from workers.app import app
 
 UID = "0b6f3c1e-8a44-4d7e-9c55-3f1a2b4c5d6e"
 DIGEST = "sha256:" + "ab" * 32
@@ -182,17 +180,9 @@ def test_reconcile_refuses_a_hostile_grace_and_sends_nothing(
 
 @pytest.fixture
 def worker_storage(tmp_path: Path) -> Iterator[FilesystemDriver]:
-    settings = app.conf.ingest_settings
     # An unreachable Redis: a refused purge must fail before it takes the lock.
-    app.conf.ingest_settings = replace(
-        settings, storage_root=str(tmp_path / "root"), redis_url="redis://127.0.0.1:9/0"
-    )
-    tasks._driver.cache_clear()
-    try:
-        yield FilesystemDriver(tmp_path / "root")
-    finally:
-        app.conf.ingest_settings = settings
-        tasks._driver.cache_clear()
+    with worker_settings(tmp_path / "root", redis_url="redis://127.0.0.1:9/0") as driver:
+        yield driver
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from ingest.commit import commit_upload
 from ingest.errors import DigestInvalid, StorageUnavailable
 from ingest.storage.filesystem import FilesystemDriver
 from ingest.uploads import Staging, UploadRecord, UploadState
+from tests.unit.fakes import worker_settings
 from workers import tasks
 from workers.app import app
 
@@ -35,14 +35,8 @@ def progress_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def storage(tmp_path: Path, progress_calls: list[dict[str, Any]]) -> Iterator[FilesystemDriver]:
-    settings = app.conf.ingest_settings
-    app.conf.ingest_settings = replace(settings, storage_root=str(tmp_path / "root"))
-    tasks._driver.cache_clear()
-    try:
-        yield FilesystemDriver(tmp_path / "root")
-    finally:
-        app.conf.ingest_settings = settings
-        tasks._driver.cache_clear()
+    with worker_settings(tmp_path / "root") as driver:
+        yield driver
 
 
 def staged(driver: FilesystemDriver, data: bytes, digest: str) -> str:
