@@ -32,9 +32,10 @@ froze, and the placed blob must have it too, before anything links to it.
 ``tests/unit/test_integrity.py`` injects a late write at every step.
 
 A crash between any two steps leaves a state from which a rerun completes the
-commit, and no state in which a link names a missing blob. A lease would only
-save the duplicate hashing work of a rare double delivery; it would add a lock
-expiry to reason about for no gain in safety.
+commit, and no state in which a link names a missing blob. The verification's
+lease (:mod:`ingest.leases`) is not a lock: it only tells ``reconcile`` and
+``retry`` that this attempt is alive. Nothing about safety depends on it; a
+wrong verdict about it costs at most a duplicate run.
 """
 
 from __future__ import annotations
