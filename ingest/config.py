@@ -1,48 +1,62 @@
-"""Settings: read once from the environment at an edge, then passed down.
+"""Settings: declared once, read once from the environment at an edge, then passed down.
 
 Only :meth:`Settings.from_env` reads the environment, and only the edges call it
 (``Ingest.from_env``, ``workers.app``, the CLI group). Everything else takes a
 :class:`Settings` or the plain values it needs.
 
-The variables, their defaults and meanings are listed in the README's
-Configuration table; the field names below are the variables without ``INGEST_``.
+Each field of :class:`Settings` is declared with :func:`_setting`: its kind (how the
+variable is parsed and a value written, one rule per kind: :mod:`ingest.units`), its
+default, its bounds and its help text. The variable is the field's name in upper case
+after the prefix ``INGEST_`` (``REDIS_URL`` has none). From the declarations come the
+parsing, the bound checks, the error messages and the README's Configuration table::
+
+    python -m ingest.config                       # check the environment, print the values
+    python -m ingest.config --markdown            # the README table
+    python -m ingest.config --write-readme README.md
+
+This module imports nothing of ``ingest`` but :mod:`ingest.units` (a test checks it):
+every process reads its settings before it loads anything else.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
-from ingest.arguments import MIN_PURGE_AGE, MIN_RECONCILE_GRACE
-from ingest.digests import VerifierLimits
+from ingest import units
+from ingest.units import parse_duration, parse_mode, parse_size
 
 __all__ = [
+    "MIN_PURGE_AGE",
+    "MIN_RECONCILE_GRACE",
     "ConfigError",
+    "Declaration",
+    "Kind",
     "Settings",
+    "declarations",
     "mask_url",
     "parse_duration",
     "parse_mode",
     "parse_size",
+    "read_env_file",
     "redis_tls_options",
+    "render_markdown",
+    "replace_table",
 ]
 
-_SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]?i?b?)?\s*", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "m": 1000**2,
-    "g": 1000**3,
-    "t": 1000**4,
-    "ki": 1024,
-    "mi": 1024**2,
-    "gi": 1024**3,
-    "ti": 1024**4,
-}
+#: Shortest idle time after which a purge may remove an upload (seconds); why:
+#: :mod:`ingest.arguments`, which applies it to task and CLI arguments too.
+MIN_PURGE_AGE = 3600.0
+#: Shortest age of a stuck verification that a reconcile may re-send (seconds).
+MIN_RECONCILE_GRACE = 60.0
+
+T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 
 class ConfigError(ValueError):
@@ -53,16 +67,89 @@ class ConfigError(ValueError):
         self.field = field
 
 
-_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600, "d": 86400}
+@dataclass(frozen=True, slots=True)
+class Kind(Generic[T]):
+    """How the variables of one kind are read and their values written."""
+
+    name: str  # in the README's "type" column
+    parse: Callable[[str], T]
+    format: Callable[[T], str]
+    choices: tuple[str, ...] = ()  # for a choice: the values, matched in any case
 
 
-def parse_duration(text: str) -> float:
-    """``"24h"`` → 86400.0; plain numbers are seconds."""
-    m = _DURATION_RE.fullmatch(text)
-    if not m:
-        raise ValueError(f"not a duration: {text!r}")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
+def _choice(*choices: str) -> Kind[str]:
+    listed = ", ".join(choices[:-1]) + " or " + choices[-1]
+
+    def parse(text: str) -> str:
+        for choice in choices:
+            if text.strip().lower() == choice.lower():
+                return choice
+        raise ValueError(f"must be {listed}, not {text!r}")
+
+    name = ", ".join(f"`{c}`" for c in choices[:-1]) + f" or `{choices[-1]}`"
+    return Kind(name, parse, str, choices)
+
+
+PATH: Kind[str] = Kind("path", str, str)
+NAME: Kind[str] = Kind("name", str, str)
+URL: Kind[str] = Kind("URL", str, lambda url: mask_url(url))
+SIZE: Kind[int] = Kind("size", units.parse_size, units.format_size)
+DURATION: Kind[float] = Kind("duration", units.parse_duration, units.format_duration)
+SECONDS: Kind[int] = Kind("duration (whole s)", units.parse_seconds, units.format_duration)
+COUNT: Kind[int] = Kind("integer", units.parse_count, str)
+NUMBER: Kind[float] = Kind("number", units.parse_number, units.format_number)
+BOOL: Kind[bool] = Kind("boolean", units.parse_bool, units.format_bool)
+MODE: Kind[int] = Kind("octal mode", units.parse_mode, units.format_mode)
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """What a field's declaration says besides its name, type and default."""
+
+    kind: Kind[Any]
+    help: str
+    env: str | None  # the whole variable name; None: the prefix + the field name, upper case
+    minimum: Any  # a value of the kind, inclusive unless above; None: no bound
+    above: bool
+    why: str  # appended to the message of a value below the minimum
+    shown_default: str | None  # for the README, when the default is derived
+    check: Callable[[Any], str | None] | None  # a message for a value that will not do
+
+
+def _setting(
+    kind: Kind[T],
+    default: T,
+    help: str,
+    *,
+    env: str | None = None,
+    minimum: T | None = None,
+    above: bool = False,
+    why: str = "",
+    shown_default: str | None = None,
+    check: Callable[[T], str | None] | None = None,
+) -> T:
+    """Declare a field of :class:`Settings` (the dataclass machinery sees a ``Field``)."""
+    spec = Spec(kind, help, env, minimum, above, why, shown_default, check)
+    return field(default=default, metadata={"setting": spec})
+
+
+def _positive(kind: Kind[N], default: N, help: str) -> N:
+    return _setting(kind, default, help, minimum=0, above=True)
+
+
+def _not_negative(kind: Kind[N], default: N, help: str, shown_default: str | None = None) -> N:
+    return _setting(kind, default, help, minimum=0, shown_default=shown_default)
+
+
+def _file_mode_problem(mode: int) -> str | None:
+    # Without the owner's write bit every staged file would read as sealed.
+    ok = not mode & ~0o777 and mode & 0o200
+    return None if ok else "must be an octal mode within 0777 with owner write"
+
+
+def _dir_mode_problem(mode: int) -> str | None:
+    ok = not mode & ~0o777 and mode & 0o700 == 0o700
+    return None if ok else "must be an octal mode within 0777 with owner rwx"
 
 
 def read_env_file(path: str) -> dict[str, str]:
@@ -83,37 +170,6 @@ def read_env_file(path: str) -> dict[str, str]:
             raise ConfigError(f"{path}:{number}: expected NAME=value, got {text[:60]!r}")
         out[name] = value.strip().strip('"').strip("'")
     return out
-
-
-def _parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
-def parse_mode(text: str) -> int:
-    """``"0640"``, ``"640"`` or ``"0o640"`` → 0o640: permission bits, always octal."""
-    digits = text.strip().lower().removeprefix("0o")
-    if not re.fullmatch(r"[0-7]{1,4}", digits):
-        raise ValueError(f"not an octal file mode: {text!r}")
-    return int(digits, 8)
-
-
-def parse_size(text: str) -> int:
-    """``"16GiB"`` → 17179869184; plain integers are bytes."""
-    m = _SIZE_RE.fullmatch(text)
-    if not m:
-        raise ValueError(f"not a size: {text!r}")
-    unit = (m.group(2) or "").lower().removesuffix("b")
-    if unit not in _UNITS:
-        raise ValueError(f"unknown size unit in {text!r}")
-    return int(m.group(1)) * _UNITS[unit]
-
-
-_URL_FIELDS = frozenset({"redis_url", "broker_url", "result_backend"})
 
 
 def mask_url(url: str) -> str:
@@ -146,53 +202,175 @@ def redis_tls_options(ca: str = "", cert: str = "", key: str = "") -> dict[str, 
     return options
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    """All runtime configuration, immutable."""
+    """All runtime configuration, immutable. The order of the fields is the README's."""
 
-    storage_root: str = "./var/storage"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str = ""
-    result_backend: str = ""
-    # TLS of rediss:// URLs (broker, result backend, locks); "" = not set.
-    redis_tls_ca: str = ""  # CA file that signed the server's certificate ("" = system CAs)
-    redis_tls_cert: str = ""  # client certificate, for a Redis with tls-auth-clients
-    redis_tls_key: str = ""  # its private key, unless it is in redis_tls_cert
-    max_blob_size: int = 16 << 30
-    verify_chunk: int = 4 << 20
-    task_max_retries: int = 5
-    verify_min_rate: int = 20 << 20
-    verify_base_time: int = 60
-    visibility_timeout: int = 0  # 0: the longest verification time limit + 60 s
-    result_expires: int = 7 * 24 * 3600
-    finish_wait: float = 300.0
+    storage_root: str = _setting(
+        PATH, "./var/storage", "filesystem storage root shared by frontends and workers"
+    )
+    storage_driver: str = _setting(
+        NAME,
+        "filesystem",
+        "storage backend, a name in `ingest.backends.STORAGE_DRIVERS` (`filesystem`)",
+    )
+    # Permissions of what the filesystem driver creates (the umask only removes bits).
+    # Private by default: staged uploads are not for other local users.
+    file_mode: int = _setting(
+        MODE,
+        0o640,
+        "permissions of the files the storage creates; the umask can only remove bits. "
+        "Committed blobs are read-only (`0440`): sealed data keeps only the read bits",
+        check=_file_mode_problem,
+    )
+    dir_mode: int = _setting(
+        MODE, 0o750, "permissions of the directories the storage creates", check=_dir_mode_problem
+    )
+    redis_url: str = _setting(
+        URL,
+        "redis://127.0.0.1:6379/0",
+        "broker and result backend; a password goes in the URL "
+        "(`redis://:PASSWORD@host:6379/0`, percent-encoded), TLS with `rediss://`; "
+        "printed only masked (`redis://:***@…`)",
+        env="REDIS_URL",
+    )
+    broker_url: str = _setting(
+        URL, "", "the broker, if not `REDIS_URL` (e.g. `amqp://…`)", shown_default="`REDIS_URL`"
+    )
+    result_backend: str = _setting(
+        URL, "", "the result backend, if not `REDIS_URL`", shown_default="`REDIS_URL`"
+    )
+    redis_tls_ca: str = _setting(
+        PATH,
+        "",
+        "for `rediss://` URLs: the CA file that signed Redis's certificate (default: the "
+        "system's CAs; the certificate and host name are always verified). Each "
+        "`INGEST_REDIS_TLS_*` set without a `rediss://` URL is an error",
+        shown_default="none",
+    )
+    redis_tls_cert: str = _setting(
+        PATH, "", "client certificate, for a Redis with `tls-auth-clients`", shown_default="none"
+    )
+    redis_tls_key: str = _setting(
+        PATH,
+        "",
+        "its private key, unless it is in `INGEST_REDIS_TLS_CERT`",
+        shown_default="none",
+    )
+    max_blob_size: int = _positive(
+        SIZE, 16 << 30, "largest blob accepted, enforced while streaming (413)"
+    )
+    max_manifest_size: int = _positive(SIZE, 4 << 20, "largest manifest accepted (413)")
+    verify_chunk: int = _positive(SIZE, 4 << 20, "read size of the verification pass")
+    prehash_min_size: int = _not_negative(
+        SIZE,
+        32 << 20,
+        "an upload growing past this size is hashed by a worker while it arrives, so a "
+        "sha256 verification after `finish` has only the tail left (`0` turns it off; "
+        "see `docs/operations.md`)",
+    )
+    prehash_idle: float = _positive(
+        DURATION, 10.0, "the pre-hashing worker gives up on an upload idle this long"
+    )
+    task_max_retries: int = _not_negative(
+        COUNT, 5, "automatic retries of transient failures (exponential backoff with jitter)"
+    )
+    verify_base_time: int = _not_negative(
+        SECONDS, 60, "per-verification time limit = this + size / `INGEST_VERIFY_MIN_RATE`"
+    )
+    verify_min_rate: int = _positive(
+        SIZE, 20 << 20, "bytes per second every verification is granted (see above)"
+    )
+    visibility_timeout: int = _not_negative(
+        SECONDS,
+        0,  # 0: the longest verification time limit + 60 s
+        "before Redis redelivers a task whose worker died; must exceed the longest time "
+        "limit (see `docs/operations.md`)",
+        shown_default="longest time limit + 60 s",
+    )
+    result_expires: int = _not_negative(
+        SECONDS,
+        7 * 24 * 3600,
+        "how long task results stay in Redis (outcomes also stay in storage)",
+    )
+    finish_wait: float = _not_negative(
+        DURATION, 300.0, "how long a finishing blob PUT waits for its verification before a 202"
+    )
     # Slow and idle clients (the HTTP frontend; see ingest/http/server.py).
-    header_timeout: float = 10.0  # connection open (or first byte) → complete request head
-    body_idle_timeout: float = 60.0  # longest silence inside a request (or response) body
-    keepalive_timeout: float = 30.0  # idle connection between requests
-    max_connections: int = 1000  # open connections per frontend process
-    tarsum_max_bytes: int = 64 << 30
-    tarsum_max_ratio: float = 1000.0
-    purge_age: float = 24 * 3600.0
-    purge_interval: float = 3600.0
-    reconcile_grace: float = 600.0
+    header_timeout: float = _positive(
+        DURATION,
+        10.0,
+        "a request head must be complete this long after the connection opens (or after its "
+        "first byte, between requests); then 408 and close",
+    )
+    body_idle_timeout: float = _positive(
+        DURATION,
+        60.0,
+        "a request body (or a response the client reads) that makes no progress this long is "
+        "cut; time the server is not reading (app busy, flow control) does not count",
+    )
+    keepalive_timeout: float = _positive(
+        DURATION, 30.0, "an idle connection between requests is closed after this long"
+    )
+    max_connections: int = _positive(
+        COUNT,
+        1000,
+        "open connections per frontend process; more get 503 and are closed at once "
+        "(`ingest serve` raises the descriptor limit to fit, or lowers this with a warning)",
+    )
+    tarsum_max_bytes: int = _positive(
+        SIZE, 64 << 30, "gzip-bomb cap of TarSum verification: most bytes decompressed"
+    )
+    tarsum_max_ratio: float = _positive(
+        NUMBER, 1000.0, "gzip-bomb cap of TarSum verification: most decompressed per stored byte"
+    )
+    purge_age: float = _setting(
+        DURATION,
+        24 * 3600.0,
+        "idle time before an upload is purged (the floor holds for `--older-than` too)",
+        minimum=MIN_PURGE_AGE,
+        why="a shorter cut-off purges uploads whose client merely paused between chunks",
+    )
+    purge_interval: float = _positive(DURATION, 3600.0, "how often beat purges")
+    reconcile_grace: float = _setting(
+        DURATION,
+        600.0,
+        "a verification that no worker ever took is re-sent after this long (the floor "
+        "holds for `--grace` too)",
+        minimum=MIN_RECONCILE_GRACE,
+        why="a shorter grace re-sends verifications that are only queued",
+    )
     # Often enough that a dead worker's verification is handed over within seconds of
     # its lease going stale (ingest.leases); each run only reads small records.
-    reconcile_interval: float = 15.0
-    staging_fsync: bool = False
-    log_level: str = "INFO"
-    log_format: str = "json"
-    max_manifest_size: int = 4 << 20
-    prehash_min_size: int = 32 << 20  # 0: never hash uploads while they arrive
-    prehash_idle: float = 10.0
-    # Permissions of what the filesystem driver creates (octal; the umask only removes
-    # bits). Private by default: staged uploads are not for other local users.
-    file_mode: int = 0o640
-    dir_mode: int = 0o750
-    fsck_interval: float = 600.0  # 0: no scheduled fsck
-    fsck_budget: int = 1 << 30  # bytes hashed per scheduled share
-    fsck_budget_blobs: int = 10_000  # blobs per scheduled share
-    fsck_repair: bool = False  # whether the scheduled share repairs or only reports
+    reconcile_interval: float = _positive(
+        DURATION,
+        15.0,
+        "how often beat checks for stuck verifications: one whose worker died (its lease "
+        "went unrenewed for 15 s) is re-sent at once",
+    )
+    fsck_interval: float = _not_negative(
+        DURATION,
+        600.0,
+        "how often beat runs a share of fsck (`0`: never; see `docs/operations.md`)",
+    )
+    fsck_budget: int = _positive(
+        SIZE, 1 << 30, "bytes one fsck share re-hashes at most (always at least one blob)"
+    )
+    fsck_budget_blobs: int = _positive(COUNT, 10_000, "blobs one fsck share re-hashes at most")
+    fsck_repair: bool = _setting(
+        BOOL, False, "whether scheduled shares repair (quarantine, unlink) or only report"
+    )
+    staging_fsync: bool = _setting(
+        BOOL, False, "also fsync every staged request body (commits are always fsync'd)"
+    )
+    log_level: str = _setting(
+        _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO", "logging threshold"
+    )
+    log_format: str = _setting(
+        _choice("json", "text"),
+        "json",
+        "logging: `json` lines with `upload_id`/`task_id`, or `text`",
+    )
 
     def __post_init__(self) -> None:
         # Empty broker/backend fall back to the Redis URL.
@@ -201,45 +379,15 @@ class Settings:
         if not self.result_backend:
             object.__setattr__(self, "result_backend", self.redis_url)
         self._check_redis()
-        # Floors (ingest.arguments): `not >=` also refuses NaN.
-        if not self.purge_age >= MIN_PURGE_AGE:
-            raise ConfigError(
-                f"must be at least {MIN_PURGE_AGE:g} s: a shorter cut-off purges uploads "
-                "whose client merely paused between chunks",
-                "purge_age",
-            )
-        if not self.reconcile_grace >= MIN_RECONCILE_GRACE:
-            raise ConfigError(
-                f"must be at least {MIN_RECONCILE_GRACE:g} s: a shorter grace re-sends "
-                "verifications that are only queued",
-                "reconcile_grace",
-            )
-        for name in ("max_blob_size", "verify_chunk", "verify_min_rate", "max_manifest_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError("must be positive", name)
-        if self.log_format not in ("json", "text"):
-            raise ConfigError("must be 'json' or 'text'", "log_format")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL", "log_level")
-        if self.prehash_min_size < 0:
-            raise ConfigError("must not be negative", "prehash_min_size")
-        if self.prehash_idle <= 0:
-            raise ConfigError("must be positive", "prehash_idle")
-        if self.file_mode & ~0o777 or not self.file_mode & 0o200:
-            # Without the owner's write bit every staged file would read as sealed.
-            raise ConfigError("must be an octal mode within 0777 with owner write", "file_mode")
-        if self.dir_mode & ~0o777 or self.dir_mode & 0o700 != 0o700:
-            raise ConfigError("must be an octal mode within 0777 with owner rwx", "dir_mode")
-        for name in ("header_timeout", "body_idle_timeout", "keepalive_timeout", "max_connections"):
-            if getattr(self, name) <= 0:
-                raise ConfigError("must be positive", name)
-        if self.task_max_retries < 0:
-            raise ConfigError("must not be negative", "task_max_retries")
-        if self.fsck_interval < 0:
-            raise ConfigError("must not be negative", "fsck_interval")
-        for name in ("fsck_budget", "fsck_budget_blobs"):
-            if getattr(self, name) <= 0:
-                raise ConfigError("must be positive", name)
+        for d in _DECLARATIONS:
+            value = getattr(self, d.field)
+            if d.spec.kind.choices:
+                try:  # any case in, the declared spelling out
+                    object.__setattr__(self, d.field, d.spec.kind.parse(value))
+                except ValueError as exc:
+                    raise ConfigError(str(exc), d.field) from None
+            if (problem := d.problem(value)) is not None:
+                raise ConfigError(problem, d.field)
         if self.visibility_timeout == 0:
             # As short as is safe: recovery from a dead worker waits this long.
             object.__setattr__(self, "visibility_timeout", self.max_time_limit() + 60)
@@ -288,9 +436,9 @@ class Settings:
         # Settings travel into Celery's configuration (``celery inspect conf``, Flower's
         # worker page): never show a password there, nor in a log line or traceback.
         shown = (
-            f"{f.name}={(mask_url(v) if f.name in _URL_FIELDS else v)!r}"
-            for f in fields(self)
-            for v in (getattr(self, f.name),)
+            f"{d.field}={(mask_url(v) if d.spec.kind is URL else v)!r}"
+            for d in _DECLARATIONS
+            for v in (getattr(self, d.field),)
         )
         return f"Settings({', '.join(shown)})"
 
@@ -298,9 +446,6 @@ class Settings:
         """TLS keyword arguments for connections to ``rediss://`` URLs (see
         :func:`redis_tls_options`)."""
         return redis_tls_options(self.redis_tls_ca, self.redis_tls_cert, self.redis_tls_key)
-
-    def verifier_limits(self) -> VerifierLimits:
-        return VerifierLimits(self.tarsum_max_bytes, self.tarsum_max_ratio)
 
     def time_limit(self, size: int | None) -> int:
         """Hard time limit in seconds for verifying ``size`` bytes."""
@@ -323,43 +468,141 @@ class Settings:
 
         ``INGEST_CONFIG_FILE`` may name a file of ``NAME=value`` lines (``#``
         comments, blank lines allowed) read first; the environment overrides it.
+        Unset and empty variables take the default.
         """
         file_name = environ.get(prefix + "CONFIG_FILE")
         if file_name:
             environ = {**read_env_file(file_name), **environ}
-        values: dict[str, object] = {}
-        if environ.get("REDIS_URL"):
-            values["redis_url"] = environ["REDIS_URL"]
-        for f in fields(cls):
-            var = prefix + f.name.upper()
-            raw = environ.get(var)
-            if raw is None or raw == "":
+        values: dict[str, Any] = {}
+        for d in declarations(prefix):
+            raw = environ.get(d.variable)
+            if not raw:
                 continue
             try:
-                if f.type in ("int", int):
-                    is_size = f.name in (
-                        "max_blob_size",
-                        "verify_chunk",
-                        "verify_min_rate",
-                        "max_manifest_size",
-                        "tarsum_max_bytes",
-                        "prehash_min_size",
-                        "fsck_budget",
-                    )
-                    if f.name in ("file_mode", "dir_mode"):
-                        values[f.name] = parse_mode(raw)
-                    else:
-                        values[f.name] = parse_size(raw) if is_size else int(raw)
-                elif f.type in ("float", float):
-                    values[f.name] = parse_duration(raw)
-                elif f.type in ("bool", bool):
-                    values[f.name] = _parse_bool(raw)
-                else:
-                    values[f.name] = raw
+                values[d.field] = d.spec.kind.parse(raw)
             except ValueError as exc:
-                raise ConfigError(f"{var}={raw!r}: {exc}") from None
+                raise ConfigError(f"{d.variable}: {exc}", d.field) from None
         try:
-            return cls(**values)  # type: ignore[arg-type]
+            return cls(**values)
         except ConfigError as exc:
-            var = prefix + exc.field.upper() if exc.field else "configuration"
+            by_field = {d.field: d for d in declarations(prefix)}
+            var = by_field[exc.field].variable if exc.field in by_field else "configuration"
             raise ConfigError(f"{var}: {exc}", exc.field) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Declaration:
+    """One setting as declared: its field, variable, default and :class:`Spec`."""
+
+    field: str
+    variable: str
+    default: Any
+    spec: Spec
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` will not do for this setting, or None."""
+        spec = self.spec
+        if spec.minimum is not None:
+            floor = spec.kind.format(spec.minimum)
+            # `not >=` also refuses NaN.
+            if spec.above and not value > spec.minimum:
+                message = "must be positive" if spec.minimum == 0 else f"must exceed {floor}"
+            elif not spec.above and not value >= spec.minimum:
+                message = (
+                    "must not be negative" if spec.minimum == 0 else f"must be at least {floor}"
+                )
+            else:
+                message = ""
+            if message:
+                return f"{message}: {spec.why}" if spec.why else message
+        return spec.check(value) if spec.check else None
+
+    @property
+    def shown_default(self) -> str:
+        if self.spec.shown_default is not None:
+            return self.spec.shown_default
+        return f"`{self.spec.kind.format(self.default)}`"
+
+    @property
+    def type(self) -> str:
+        spec = self.spec
+        bound = ""
+        if spec.minimum is not None:
+            floor = spec.kind.format(spec.minimum)
+            bound = f" > {floor}" if spec.above else f" ≥ {floor}"
+        return spec.kind.name + bound
+
+
+def declarations(prefix: str = "INGEST_") -> tuple[Declaration, ...]:
+    """Every setting, in the order of :class:`Settings`' fields."""
+    out = []
+    for f in fields(Settings):
+        spec = f.metadata.get("setting")
+        if not isinstance(spec, Spec):
+            raise TypeError(f"Settings.{f.name} is not declared with _setting()")
+        variable = spec.env if spec.env is not None else prefix + f.name.upper()
+        out.append(Declaration(f.name, variable, f.default, spec))
+    return tuple(out)
+
+
+_DECLARATIONS = declarations()
+
+_TABLE_START = (
+    "<!-- generated from ingest/config.py: python -m ingest.config --write-readme README.md -->"
+)
+
+
+def render_markdown(prefix: str = "INGEST_") -> str:
+    """The README's table of every setting (``python -m ingest.config --markdown``)."""
+    rows = [
+        "| variable | type | default | meaning |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| `{d.variable}` | {d.type} | {d.shown_default} | {d.spec.help} |"
+            for d in declarations(prefix)
+        ),
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def replace_table(readme: str) -> str:
+    """``readme`` with the table after the marker line replaced by :func:`render_markdown`."""
+    start = readme.find(_TABLE_START)
+    if start < 0:
+        raise ValueError(f"no {_TABLE_START!r} line")
+    head_end = readme.index("\n", start) + 1
+    lines = readme[head_end:].splitlines(keepends=True)
+    n = 0
+    while n < len(lines) and (lines[n].startswith("|") or not lines[n].strip()):
+        n += 1
+    # A blank line after the comment: the table must not read as part of an HTML block.
+    return readme[:head_end] + "\n" + render_markdown() + "\n" + "".join(lines[n:])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Check the environment's settings and print them, or render the README table."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--markdown"]:
+        sys.stdout.write(render_markdown())
+        return 0
+    if len(args) == 2 and args[0] == "--write-readme":
+        with open(args[1], encoding="utf-8") as f:
+            text = f.read()
+        with open(args[1], "w", encoding="utf-8") as f:
+            f.write(replace_table(text))
+        return 0
+    if args:
+        sys.stderr.write("usage: python -m ingest.config [--markdown | --write-readme README.md]\n")
+        return 2
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        sys.stderr.write(f"error: configuration: {exc}\n")
+        return 2
+    for d in _DECLARATIONS:
+        sys.stdout.write(f"{d.variable}={d.spec.kind.format(getattr(settings, d.field))}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

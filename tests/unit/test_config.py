@@ -1,15 +1,43 @@
-"""Settings.from_env: defaults, fallbacks, size parsing, and errors that name the variable."""
+"""Settings.from_env: defaults, fallbacks, units, and errors that name the variable; the
+declarations and the README table they render."""
 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.config import ConfigError, Settings, parse_mode, parse_size
+from ingest.config import (
+    BOOL,
+    DURATION,
+    SECONDS,
+    SIZE,
+    ConfigError,
+    Declaration,
+    Settings,
+    declarations,
+    parse_mode,
+    parse_size,
+    render_markdown,
+    replace_table,
+)
+from ingest.config import main as config_main
+from ingest.units import (
+    DURATION_UNITS,
+    SIZE_UNITS,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_seconds,
+)
 
 
 def test_an_empty_environment_gives_the_defaults() -> None:
@@ -61,17 +89,25 @@ def test_a_custom_prefix_reads_other_variables() -> None:
         ("1000", 1000),
         ("1000b", 1000),
         ("2KiB", 2048),
-        ("2k", 2000),
+        ("2kB", 2000),
+        ("2KB", 2000),
         ("3MB", 3_000_000),
+        ("7 gb", 7 * 10**9),
+        ("3Gi", 3 << 30),
         ("1TiB", 1 << 40),
         (" 5 gib ", 5 << 30),
+        ("1.5GiB", 3 << 29),
+        (".5KiB", 512),
     ],
 )
 def test_sizes_parse_with_binary_and_decimal_units(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "lots", "1.5GiB", "-1", "16XB", "GiB", "1 i", "16 GiBs"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "lots", "1.1KiB", "0.5", "-1", "16XB", "GiB", "1 i", "16 GiBs", "1e3", "16G", "2k"],
+)
 def test_a_malformed_size_is_a_value_error(text: str) -> None:
     with pytest.raises(ValueError, match="size"):
         parse_size(text)
@@ -97,8 +133,12 @@ def test_sizes_in_the_environment_are_parsed() -> None:
         ("INGEST_MAX_BLOB_SIZE", "huge"),
         ("INGEST_VERIFY_CHUNK", "4 MiB please"),
         ("INGEST_TASK_MAX_RETRIES", "five"),
-        ("INGEST_VISIBILITY_TIMEOUT", "1h"),
+        ("INGEST_TASK_MAX_RETRIES", "5.0"),
+        ("INGEST_VISIBILITY_TIMEOUT", "1h please"),
+        ("INGEST_VISIBILITY_TIMEOUT", "3600500ms"),
         ("INGEST_RESULT_EXPIRES", "1.5"),
+        ("INGEST_TARSUM_MAX_RATIO", "10m"),
+        ("INGEST_PURGE_AGE", "2H"),
     ],
 )
 def test_an_unparseable_value_is_a_config_error_naming_the_variable(var: str, value: str) -> None:
@@ -249,3 +289,187 @@ def test_file_modes_default_private_and_parse_from_the_environment() -> None:
 def test_bad_modes_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(ConfigError, match=var):
         Settings.from_env({var: value})
+
+
+# -- one rule per kind: every unit, every setting of the kind --------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+DECLARED = declarations()
+SIZES = [d for d in DECLARED if d.spec.kind is SIZE]
+DURATIONS = [d for d in DECLARED if d.spec.kind in (DURATION, SECONDS)]
+BOOLEANS = [d for d in DECLARED if d.spec.kind is BOOL]
+
+
+def test_every_kind_has_its_settings() -> None:
+    # The property tests below would pass vacuously over an empty list.
+    assert {d.field for d in SIZES} >= {"max_blob_size", "verify_min_rate", "fsck_budget"}
+    assert {d.field for d in DURATIONS} >= {"purge_age", "result_expires", "visibility_timeout"}
+    assert {d.field for d in BOOLEANS} == {"fsck_repair", "staging_fsync"}
+
+
+def test_integer_durations_take_units_now() -> None:
+    s = Settings.from_env(
+        {
+            "INGEST_RESULT_EXPIRES": "7d",
+            "INGEST_VISIBILITY_TIMEOUT": "1h",
+            "INGEST_VERIFY_BASE_TIME": "2000ms",
+        }
+    )
+    assert (s.result_expires, s.visibility_timeout, s.verify_base_time) == (604800, 3600, 2)
+    assert isinstance(s.result_expires, int)
+
+
+def test_a_fraction_of_a_second_is_refused_where_seconds_are_whole() -> None:
+    with pytest.raises(ConfigError, match=r"INGEST_RESULT_EXPIRES: not a whole number of seconds"):
+        Settings.from_env({"INGEST_RESULT_EXPIRES": "1500ms"})
+
+
+def test_a_ratio_is_a_plain_number_not_a_duration() -> None:
+    assert Settings.from_env({"INGEST_TARSUM_MAX_RATIO": "2.5"}).tarsum_max_ratio == 2.5
+
+
+@pytest.mark.parametrize(
+    ("text", "binary", "decimal"), [("16G", "16GiB", "16GB"), ("2k", "2KiB", "2kB")]
+)
+def test_a_bare_size_prefix_is_refused_with_both_spellings(
+    text: str, binary: str, decimal: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"INGEST_MAX_BLOB_SIZE": text})
+    message = str(err.value)
+    assert message.startswith("INGEST_MAX_BLOB_SIZE: ambiguous size unit")
+    assert binary in message
+    assert decimal in message
+
+
+def test_a_floor_is_shown_in_the_units_of_its_setting() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"INGEST_PURGE_AGE": "30m"})
+    assert str(err.value).startswith("INGEST_PURGE_AGE: must be at least 1h: a shorter cut-off")
+
+
+def test_choices_match_in_any_case_and_keep_the_declared_spelling() -> None:
+    s = Settings.from_env({"INGEST_LOG_LEVEL": "debug", "INGEST_LOG_FORMAT": "TEXT"})
+    assert (s.log_level, s.log_format) == ("DEBUG", "text")
+    assert Settings(log_level="warning").log_level == "WARNING"
+
+
+@given(
+    decl=st.sampled_from(SIZES),
+    number=st.integers(min_value=1, max_value=4096),
+    unit=st.sampled_from(sorted(SIZE_UNITS)),
+    upper=st.booleans(),
+)
+def test_every_size_setting_takes_every_size_unit(
+    decl: Declaration, number: int, unit: str, upper: bool
+) -> None:
+    text = f"{number}{unit.upper() if upper else unit}"
+    s = Settings.from_env({decl.variable: text})
+    assert getattr(s, decl.field) == number * SIZE_UNITS[unit]
+
+
+@given(
+    decl=st.sampled_from(DURATIONS),
+    number=st.decimals(min_value=0, max_value=10**6, places=3),
+    unit=st.sampled_from(["", *DURATION_UNITS]),
+)
+def test_every_duration_setting_takes_every_duration_unit(
+    decl: Declaration, number: Decimal, unit: str
+) -> None:
+    text = f"{number:f}{unit}"
+    seconds = Fraction(number) * DURATION_UNITS[unit or "s"]
+    if decl.spec.kind is SECONDS and seconds.denominator != 1:
+        with pytest.raises(ConfigError, match=f"{decl.variable}: not a whole number of seconds"):
+            Settings.from_env({decl.variable: text})
+        return
+    value: dict[str, Any] = {
+        decl.field: int(seconds) if decl.spec.kind is SECONDS else float(seconds)
+    }
+    try:  # the same value given directly: the bounds and cross-checks decide alike
+        expected = Settings(**value)
+    except ConfigError:
+        with pytest.raises(ConfigError, match=decl.variable):
+            Settings.from_env({decl.variable: text})
+        return
+    assert Settings.from_env({decl.variable: text}) == expected
+
+
+@given(
+    decl=st.sampled_from(BOOLEANS),
+    text=st.sampled_from(["1", "true", "yes", "on", "0", "false", "no", "off"]),
+    upper=st.booleans(),
+)
+def test_every_boolean_setting_takes_every_spelling(
+    decl: Declaration, text: str, upper: bool
+) -> None:
+    s = Settings.from_env({decl.variable: text.upper() if upper else text})
+    assert getattr(s, decl.field) is (text in ("1", "true", "yes", "on"))
+
+
+@given(size=st.integers(min_value=0, max_value=1 << 70))
+def test_a_formatted_size_parses_back_to_itself(size: int) -> None:
+    assert parse_size(format_size(size)) == size
+
+
+@given(seconds=st.floats(min_value=0, max_value=1e15, allow_nan=False))
+def test_a_formatted_duration_parses_back_to_itself(seconds: float) -> None:
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@given(seconds=st.integers(min_value=0, max_value=10**12))
+def test_whole_seconds_format_and_parse_back_exactly(seconds: int) -> None:
+    assert parse_seconds(format_duration(seconds)) == seconds
+
+
+@given(text=st.text(max_size=12))
+def test_size_and_duration_parsers_return_a_value_or_a_value_error(text: str) -> None:
+    for parse in (parse_size, parse_duration, parse_seconds):
+        try:
+            value = parse(text)
+        except ValueError:
+            continue
+        assert value >= 0
+
+
+def test_every_default_reads_back_from_its_formatted_spelling() -> None:
+    for d in DECLARED:
+        assert d.spec.kind.parse(d.spec.kind.format(d.default)) == d.default, d.variable
+
+
+# -- the declarations: the README, the module's imports, the command --------------------
+
+
+def test_the_readme_table_is_the_one_the_declarations_render() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    # Regenerate with: python -m ingest.config --write-readme README.md
+    assert replace_table(readme) == readme
+    for d in DECLARED:
+        assert f"| `{d.variable}` |" in readme
+
+
+def test_the_config_module_imports_nothing_of_ingest_but_its_units() -> None:
+    code = (
+        "import ingest.config, sys; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ingest', 'workers')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "['ingest', 'ingest.config', 'ingest.units']"
+
+
+def test_the_command_prints_the_settings_masked_or_names_the_bad_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cret@redis:6379/0")
+    monkeypatch.setenv("INGEST_PURGE_AGE", "90m")
+    assert config_main([]) == 0
+    out = capsys.readouterr().out
+    assert "REDIS_URL=redis://:***@redis:6379/0\n" in out
+    assert "INGEST_PURGE_AGE=90m\n" in out
+    assert "s3cret" not in out
+    monkeypatch.setenv("INGEST_MAX_BLOB_SIZE", "16G")
+    assert config_main([]) == 2
+    assert "INGEST_MAX_BLOB_SIZE: ambiguous" in capsys.readouterr().err
+    assert config_main(["--markdown"]) == 0
+    assert capsys.readouterr().out == render_markdown()
