@@ -1,15 +1,16 @@
-"""The content-addressed blob store and repository links (read side and linking).
+"""The content-addressed blob store and repository links (read side and linking):
+:class:`BlobStore`, over a :class:`StorageDriver`.
 
-Capabilities are separate Protocols so a handler depends only on what it uses:
-a HEAD handler needs a :class:`BlobStatter`, a GET a :class:`BlobProvider`.
-:class:`BlobStore` implements all of them over a :class:`StorageDriver`.
+Callers take the :class:`BlobStore` itself: with one implementation and no caller typed
+against a narrower capability, per-capability Protocols (stat, open, link) were dead
+code. Add one when a second implementation or a fake needs it.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from ingest import paths
 from ingest.digests import Digest, parse_digest
@@ -17,7 +18,7 @@ from ingest.errors import BlobUnknown
 from ingest.names import validate_name
 from ingest.storage.base import PathNotFound, StorageDriver
 
-__all__ = ["BlobInfo", "BlobLinker", "BlobProvider", "BlobReader", "BlobStatter", "BlobStore"]
+__all__ = ["BlobInfo", "BlobReader", "BlobStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,21 +73,6 @@ class BlobReader(io.RawIOBase):
         super().close()
 
 
-class BlobStatter(Protocol):
-    def stat(self, repository: str, digest: str | Digest) -> BlobInfo:
-        """Info of a blob linked in ``repository``; BlobUnknown otherwise."""
-
-
-class BlobProvider(BlobStatter, Protocol):
-    def open(self, repository: str, digest: str | Digest) -> BlobReader:
-        """A reader of a blob linked in ``repository``; BlobUnknown otherwise."""
-
-
-class BlobLinker(Protocol):
-    def link(self, repository: str, digest: Digest, canonical: Digest) -> None:
-        """Record atomically that ``digest`` in ``repository`` names blob ``canonical``."""
-
-
 class BlobStore:
     """Blobs and links on a storage driver."""
 
@@ -111,6 +97,7 @@ class BlobStore:
         return parse_digest(raw.decode("ascii").strip())
 
     def stat(self, repository: str, digest: str | Digest) -> BlobInfo:
+        """Info of a blob linked in ``repository``; BlobUnknown otherwise."""
         d = parse_digest(digest) if isinstance(digest, str) else digest
         canonical = self.resolve(repository, d)
         try:
@@ -121,6 +108,7 @@ class BlobStore:
         return BlobInfo(repository, str(d), str(canonical), fi.size, fi.mod_time)
 
     def open(self, repository: str, digest: str | Digest) -> BlobReader:
+        """A reader of a blob linked in ``repository``; BlobUnknown otherwise."""
         info = self.stat(repository, digest)
         try:
             f = self.driver.reader(paths.blob_data_path(parse_digest(info.canonical)))
@@ -133,18 +121,20 @@ class BlobStore:
         the canonical digest also removes the aliases that name it, so no alias is
         left pointing at a blob the repository no longer has."""
         canonical = self.resolve(repository, digest)
-        self.driver.delete(paths.layer_link_path(repository, digest).rsplit("/", 1)[0])
+        self.driver.delete(paths.layer_link_dir(repository, digest))
         if digest != canonical:
             return
         for fi in list(self.driver.walk(paths.layers_dir(repository))):
-            if not fi.path.endswith("/link"):
-                continue
+            link = paths.parse_repository_link(fi.path)
+            if link is None:
+                continue  # a temporary file of a write in progress
             try:
                 if self.driver.get_content(fi.path).decode().strip() == str(canonical):
-                    self.driver.delete(fi.path.rsplit("/", 1)[0])
+                    self.driver.delete(link.dir)
             except PathNotFound:
                 continue
 
     def link(self, repository: str, digest: Digest, canonical: Digest) -> None:
+        """Record atomically that ``digest`` in ``repository`` names blob ``canonical``."""
         # put_content is temp + fsync + rename: a link is whole or absent.
         self.driver.put_content(paths.layer_link_path(repository, digest), str(canonical).encode())

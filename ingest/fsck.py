@@ -116,7 +116,7 @@ from ingest.digests import (
     parse_digest,
 )
 from ingest.errors import IngestError
-from ingest.storage.base import FileInfo, PathNotFound, StorageDriver
+from ingest.storage.base import FileInfo, PathNotFound, StorageDriver, is_temporary
 
 __all__ = [
     "ALIAS_MISMATCH",
@@ -400,7 +400,7 @@ class _Run:
         shard directory at a time, with what does not belong under /blobs (strays) at
         its place in the same order, so each is reported once per pass."""
         try:
-            kinds = self.driver.list("/blobs")
+            kinds = self.driver.list(paths.blob_store_root())
         except PathNotFound:
             return
         root = paths.blobs_root(CANONICAL_ALGORITHM)
@@ -413,7 +413,7 @@ class _Run:
         except PathNotFound:
             return
         for shard in shards:
-            prefix = shard.rsplit("/", 1)[1]
+            prefix = paths.entry_name(shard)
             if after is not None and prefix < after[:2]:
                 continue
             if not _HEX2.fullmatch(prefix):
@@ -425,7 +425,7 @@ class _Run:
             except PathNotFound:
                 continue
             for path in names:
-                name = path.rsplit("/", 1)[1]
+                name = paths.entry_name(path)
                 if after is not None and name <= after:
                     continue
                 if not _HEX64.fullmatch(name) or not name.startswith(prefix):
@@ -467,8 +467,6 @@ class _Run:
     def _walk_links(self, after: str | None, until: str | None) -> None:
         for fi in self.driver.walk(paths.repositories_root()):
             self.beat()
-            if not fi.path.endswith("/link"):
-                continue
             link = paths.parse_repository_link(fi.path)
             if link is None:
                 continue  # tags, referrers: not checked (see the module docstring)
@@ -720,7 +718,7 @@ class _Run:
         self._write_record(f, data=qdata)
         removed = self._unlink_everywhere(digest, aliases)
         f.links_removed = [r.link for r in removed]
-        if any("/_manifests/revisions/" in r.link for r in removed):
+        if any(_is_revision(r.link) for r in removed):
             f.detail["tags"] = self._tags_naming(digest)
         self._write_record(f, data=qdata)
 
@@ -750,11 +748,11 @@ class _Run:
         tags = []
         for repo in sorted(self.repositories):
             for fi in self.driver.walk(paths.manifest_tags_dir(repo)):
-                if fi.path.endswith("/current/link"):
+                link = paths.parse_tag_link(fi.path)
+                if link is not None:
                     with contextlib.suppress(PathNotFound):
                         if _link_target(self.driver.get_content(fi.path)) == digest:
-                            tag = fi.path[: -len("/current/link")].rsplit("/", 1)[1]
-                            tags.append(f"{repo}:{tag}")
+                            tags.append(f"{repo}:{link.tag}")
         return tags
 
     def _remove_link(
@@ -762,8 +760,7 @@ class _Run:
     ) -> _Removed | None:
         """Delete the link's directory if its content still satisfies ``still``;
         what it held, so it can be put back."""
-        path = link.path
-        directory = path.rsplit("/", 1)[0]
+        path, directory = link.path, link.dir
         try:
             if not still(self.driver.get_content(path)):
                 return None
@@ -771,7 +768,7 @@ class _Run:
             return None
         files: dict[str, bytes] = {}
         for fi in self.driver.walk(directory):
-            if fi.path.rsplit("/", 1)[1].startswith("."):
+            if is_temporary(fi.path):
                 continue  # a temporary file of a write in progress
             with contextlib.suppress(PathNotFound):
                 files[fi.path] = self.driver.get_content(fi.path)
@@ -817,6 +814,11 @@ def _link_target(raw: bytes) -> Digest | None:
     except (UnicodeDecodeError, IngestError):
         return None
     return d if d.algorithm == CANONICAL_ALGORITHM else None
+
+
+def _is_revision(path: str) -> bool:
+    link = paths.parse_repository_link(path)
+    return link is not None and link.kind == "manifest"
 
 
 def _names(target: Digest) -> Callable[[bytes], bool]:

@@ -3,12 +3,9 @@
 Manifests are small, so they are verified inline (digest of the exact bytes,
 JSON structure, every referenced blob or child manifest linked in the
 repository) rather than through the blob verification task. Their bytes live in
-the blob store like any blob; the repository keeps links::
-
-    /repositories/<name>/_manifests/revisions/sha256/<hex>/link        "sha256:<hex>"
-    /repositories/<name>/_manifests/revisions/sha256/<hex>/mediatype   the media type
-    /repositories/<name>/_manifests/tags/<tag>/current/link            "sha256:<hex>"
-    /repositories/<name>/_manifests/referrers/sha256/<subject>/sha256/<hex>/link
+the blob store like any blob; the repository keeps a revision link and its
+media type per digest, a link per tag and one per referrer, all under
+``/repositories/<name>/_manifests`` (the layout is drawn in :mod:`ingest.paths`).
 
 Supported media types: OCI image manifest and index, Docker schema 2 manifest
 and manifest list.
@@ -19,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +31,7 @@ from ingest.errors import (
     NameUnknown,
     TooLarge,
 )
-from ingest.names import validate_name
+from ingest.names import validate_name, validate_tag
 from ingest.storage.base import PathNotFound, StorageDriver
 
 __all__ = [
@@ -55,14 +51,6 @@ IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_TYPES = IMAGE_TYPES | INDEX_TYPES
 
-_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-
-
-def validate_tag(tag: str) -> str:
-    if not _TAG_RE.fullmatch(tag):
-        raise ManifestInvalid("invalid tag", {"reason": "tag-invalid", "tag": tag[:140]})
-    return tag
-
 
 def is_digest_reference(reference: str) -> bool:
     return ":" in reference
@@ -77,22 +65,6 @@ class Manifest:
     @property
     def size(self) -> int:
         return len(self.body)
-
-
-def _manifests_dir(repository: str) -> str:
-    return f"/repositories/{validate_name(repository)}/_manifests"
-
-
-def _revision_dir(repository: str, digest: Digest) -> str:
-    return f"{_manifests_dir(repository)}/revisions/{digest.algorithm}/{digest.encoded}"
-
-
-def _tag_link(repository: str, tag: str) -> str:
-    return f"{_manifests_dir(repository)}/tags/{validate_tag(tag)}/current/link"
-
-
-def _referrers_dir(repository: str, subject: Digest) -> str:
-    return f"{_manifests_dir(repository)}/referrers/{subject.algorithm}/{subject.encoded}"
 
 
 class ManifestStore:
@@ -143,24 +115,25 @@ class ManifestStore:
         blob_path = paths.blob_data_path(digest)
         if self.blobs.exists(digest) != len(body):
             self.driver.put_content(blob_path, body)
-        rev = _revision_dir(repository, digest)
-        self.driver.put_content(rev + "/mediatype", media_type.encode())
-        self.driver.put_content(rev + "/link", str(digest).encode())
+        revisions = [digest]
         if is_digest_reference(reference) and parse_digest(reference) != digest:
-            alias = parse_digest(reference)
+            revisions.append(parse_digest(reference))  # an alias: sha384 or sha512
+        for rev in revisions:
             self.driver.put_content(
-                _revision_dir(repository, alias) + "/mediatype", media_type.encode()
+                paths.manifest_revision_mediatype_path(repository, rev), media_type.encode()
             )
             self.driver.put_content(
-                _revision_dir(repository, alias) + "/link", str(digest).encode()
+                paths.manifest_revision_link_path(repository, rev), str(digest).encode()
             )
         if subject is not None:
             self.driver.put_content(
-                f"{_referrers_dir(repository, subject)}/{digest.algorithm}/{digest.encoded}/link",
+                paths.manifest_referrer_link_path(repository, subject, digest),
                 str(digest).encode(),
             )
         if not is_digest_reference(reference):
-            self.driver.put_content(_tag_link(repository, reference), str(digest).encode())
+            self.driver.put_content(
+                paths.manifest_tag_link_path(repository, reference), str(digest).encode()
+            )
         return Manifest(str(digest), media_type, body)
 
     def _subject(self, doc: dict[str, Any]) -> Digest | None:
@@ -261,7 +234,7 @@ class ManifestStore:
 
     def _has_revision(self, repository: str, digest: Digest) -> bool:
         try:
-            self.driver.stat(_revision_dir(repository, digest) + "/link")
+            self.driver.stat(paths.manifest_revision_link_path(repository, digest))
         except PathNotFound:
             return False
         return True
@@ -273,9 +246,9 @@ class ManifestStore:
         try:
             if is_digest_reference(reference):
                 d = parse_digest(reference)
-                raw = self.driver.get_content(_revision_dir(repository, d) + "/link")
+                raw = self.driver.get_content(paths.manifest_revision_link_path(repository, d))
             else:
-                raw = self.driver.get_content(_tag_link(repository, reference))
+                raw = self.driver.get_content(paths.manifest_tag_link_path(repository, reference))
         except PathNotFound:
             raise ManifestUnknown(
                 detail={"repository": repository, "reference": reference}
@@ -285,7 +258,9 @@ class ManifestStore:
     def get(self, repository: str, reference: str) -> Manifest:
         digest = self.resolve(repository, reference)
         try:
-            media_type = self.driver.get_content(_revision_dir(repository, digest) + "/mediatype")
+            media_type = self.driver.get_content(
+                paths.manifest_revision_mediatype_path(repository, digest)
+            )
             body = self.driver.get_content(paths.blob_data_path(digest))
         except PathNotFound:
             raise ManifestUnknown(
@@ -297,16 +272,16 @@ class ManifestStore:
     def tags(self, repository: str) -> list[str]:
         validate_name(repository)
         try:
-            children = self.driver.list(f"{_manifests_dir(repository)}/tags")
+            children = self.driver.list(paths.manifest_tags_dir(repository))
         except PathNotFound:
             if self._repository_exists(repository):
                 return []
             raise NameUnknown(detail={"repository": repository}) from None
-        return sorted(c.rsplit("/", 1)[1] for c in children)
+        return sorted(paths.entry_name(c) for c in children)
 
     def _repository_exists(self, repository: str) -> bool:
         try:
-            self.driver.stat(f"/repositories/{repository}")
+            self.driver.stat(paths.repository_dir(repository))
         except PathNotFound:
             return False
         return True
@@ -317,10 +292,9 @@ class ManifestStore:
         """An OCI image index listing the manifests whose ``subject`` is ``subject``."""
         sd = parse_digest(subject)
         descriptors: list[dict[str, Any]] = []
-        base = _referrers_dir(repository, sd)
-        for fi in self.driver.walk(base):
-            if not fi.path.endswith("/link"):
-                continue
+        for fi in self.driver.walk(paths.manifest_referrers_dir(repository, sd)):
+            if paths.parse_referrer_link(fi.path) is None:
+                continue  # a temporary file of a write in progress
             with contextlib.suppress(PathNotFound, ManifestUnknown, ValueError):
                 digest = self.driver.get_content(fi.path).decode().strip()
                 m = self.get(repository, digest)
@@ -342,7 +316,7 @@ class ManifestStore:
         """Delete a tag, or a revision by digest together with the tags naming it."""
         if not is_digest_reference(reference):
             try:
-                self.driver.delete(f"{_manifests_dir(repository)}/tags/{validate_tag(reference)}")
+                self.driver.delete(paths.manifest_tag_dir(repository, reference))
             except PathNotFound:
                 raise ManifestUnknown(
                     detail={"repository": repository, "reference": reference}
@@ -352,6 +326,6 @@ class ManifestStore:
         for tag in self.tags(repository):
             with contextlib.suppress(PathNotFound, ManifestUnknown):
                 if self.resolve(repository, tag) == digest:
-                    self.driver.delete(f"{_manifests_dir(repository)}/tags/{tag}")
+                    self.driver.delete(paths.manifest_tag_dir(repository, tag))
         with contextlib.suppress(PathNotFound):
-            self.driver.delete(_revision_dir(repository, parse_digest(reference)))
+            self.driver.delete(paths.manifest_revision_dir(repository, parse_digest(reference)))

@@ -7,6 +7,15 @@ The layout, below the driver's root::
                                                         one per digest the repo knows, so a
                                                         sha512 or tarsum alias links to the
                                                         same canonical blob
+    /repositories/<name>/_manifests/revisions/<alg>/<hex>/link
+                                                        a manifest revision ("sha256:<hex>"
+                                                        of the blob holding its bytes)
+    /repositories/<name>/_manifests/revisions/<alg>/<hex>/mediatype
+                                                        its media type
+    /repositories/<name>/_manifests/tags/<tag>/current/link
+                                                        "sha256:<hex>" of the revision it names
+    /repositories/<name>/_manifests/referrers/<alg>/<subject hex>/<alg>/<hex>/link
+                                                        a manifest whose ``subject`` is <subject>
     /uploads/<uuid>/info.json                           immutable: repository, started_at
     /uploads/<uuid>/data                                staged bytes; its size is the offset
     /uploads/<uuid>/state.json                          lifecycle: open/finishing/verified/failed
@@ -14,12 +23,20 @@ The layout, below the driver's root::
     /uploads/<uuid>/prehash.lease                       a worker hashes the bytes as they arrive
     /uploads/<uuid>/prehash.json                        its result: sha256 of the first N bytes
     /uploads/<uuid>/verify.lease                        a worker is verifying it (ingest.leases)
-    /repositories/<name>/_manifests/revisions/<alg>/<hex>/link
-                                                        a manifest revision ("sha256:<hex>"
-                                                        of the blob holding its bytes)
     /quarantine/<id>/record.json                        what fsck found and repaired
     /quarantine/<id>/data                               a blob fsck moved out of /blobs
     /maintenance/fsck.json                              the scheduled fsck's cursor and passes
+
+This module is the only place a key is spelled, and the only place one is taken
+apart again: every other module builds keys with the functions below and reads
+them back with the ``parse_*`` functions (or :func:`entry_name` for the children
+a listing returns). Each parser is the exact inverse of its builder: it returns
+None for anything the builder could not have produced, and what it returns maps
+back to exactly the key it was given, so nothing built from a parsed key can
+name another location. Besides the keys above, a listing may show a driver's
+temporary files (:data:`ingest.storage.base.TMP_MARKER`): the ``parse_*``
+functions return None for them, and :func:`~ingest.storage.base.is_temporary`
+tells them apart from the children of a listing.
 
 Uploads are keyed by id alone because the verification task receives only the
 id; the repository recorded in ``info.json`` is checked on every access.
@@ -31,31 +48,47 @@ already did, so no caller can build a path from unchecked text.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ingest.digests import Digest, parse_digest
 from ingest.errors import BlobUploadUnknown, IngestError
-from ingest.names import validate_name
+from ingest.names import validate_name, validate_tag
 
 __all__ = [
+    "ReferrerLink",
     "RepositoryLink",
+    "TagLink",
     "blob_data_path",
     "blob_dir",
+    "blob_store_root",
     "blobs_root",
+    "entry_name",
     "fsck_state_path",
+    "layer_link_dir",
     "layer_link_path",
     "layers_dir",
+    "manifest_referrer_link_path",
+    "manifest_referrers_dir",
     "manifest_revision_dir",
     "manifest_revision_link_path",
+    "manifest_revision_mediatype_path",
+    "manifest_tag_dir",
+    "manifest_tag_link_path",
     "manifest_tags_dir",
+    "parse_referrer_link",
     "parse_repository_link",
+    "parse_tag_link",
     "quarantine_data_path",
     "quarantine_dir",
     "quarantine_record_path",
     "quarantine_root",
     "repositories_root",
+    "repository_dir",
     "upload_data_path",
     "upload_dir",
+    "upload_entry_path",
     "upload_info_path",
     "upload_prehash_lease_path",
     "upload_prehash_path",
@@ -83,35 +116,251 @@ def _segments(digest: Digest) -> tuple[str, str]:
     # never be '.', '..' or contain '/'.
     alg, enc = digest.algorithm, digest.encoded
     for seg in (alg, enc):
-        if not _SAFE_SEGMENT.fullmatch(seg) or seg in (".", ".."):
+        if not isinstance(seg, str) or not _SAFE_SEGMENT.fullmatch(seg) or seg in (".", ".."):
             raise ValueError(f"unsafe digest for a path: {digest}")
     return alg, enc
 
 
+def entry_name(path: str) -> str:
+    """The last segment of a key: the name of one child that ``StorageDriver.list``
+    returned (it returns full keys). Never raises, and does not validate: a name
+    goes back into a key only through a builder, which does."""
+    return path.rpartition("/")[2]
+
+
+# -- blobs -------------------------------------------------------------------------
+
+_BLOBS = "/blobs"
+
+
+def blob_store_root() -> str:
+    """The directory holding one directory per algorithm (only ``sha256`` is used:
+    every blob is stored under its canonical digest)."""
+    return _BLOBS
+
+
+def blobs_root(algorithm: str = "sha256") -> str:
+    """The directory holding every blob stored under ``algorithm`` (``/blobs/sha256``):
+    its children are the two-hex-digit shards, theirs the :func:`blob_dir` s."""
+    alg, _ = _segments(Digest(algorithm, "0"))
+    return f"{_BLOBS}/{alg}"
+
+
 def blob_dir(digest: Digest) -> str:
     alg, enc = _segments(digest)
-    return f"/blobs/{alg}/{enc[:2]}/{enc}"
+    return f"{_BLOBS}/{alg}/{enc[:2]}/{enc}"
 
 
 def blob_data_path(digest: Digest) -> str:
     return blob_dir(digest) + "/data"
 
 
+# -- repositories: layer links, manifests, tags, referrers -------------------------
+
+_REPOSITORIES = "/repositories"
+
+
+def repositories_root() -> str:
+    return _REPOSITORIES
+
+
+def repository_dir(repository: str) -> str:
+    """Everything a repository holds; it exists once anything was linked in it."""
+    return f"{_REPOSITORIES}/{validate_name(repository)}"
+
+
 def layers_dir(repository: str) -> str:
-    return f"/repositories/{validate_name(repository)}/_layers"
+    return repository_dir(repository) + "/_layers"
+
+
+def layer_link_dir(repository: str, digest: Digest) -> str:
+    """The directory of one layer link: deleting it unlinks ``digest``."""
+    alg, enc = _segments(digest)
+    return f"{layers_dir(repository)}/{alg}/{enc}"
 
 
 def layer_link_path(repository: str, digest: Digest) -> str:
+    return layer_link_dir(repository, digest) + "/link"
+
+
+def _manifests_dir(repository: str) -> str:
+    return repository_dir(repository) + "/_manifests"
+
+
+def manifest_revision_dir(repository: str, digest: Digest) -> str:
     alg, enc = _segments(digest)
-    return f"{layers_dir(repository)}/{alg}/{enc}/link"
+    return f"{_manifests_dir(repository)}/revisions/{alg}/{enc}"
+
+
+def manifest_revision_link_path(repository: str, digest: Digest) -> str:
+    return manifest_revision_dir(repository, digest) + "/link"
+
+
+def manifest_revision_mediatype_path(repository: str, digest: Digest) -> str:
+    return manifest_revision_dir(repository, digest) + "/mediatype"
+
+
+def manifest_tags_dir(repository: str) -> str:
+    """The directory whose children are the tags: one :func:`manifest_tag_dir` each."""
+    return f"{_manifests_dir(repository)}/tags"
+
+
+def manifest_tag_dir(repository: str, tag: str) -> str:
+    """Everything one tag holds: deleting it deletes the tag."""
+    return f"{manifest_tags_dir(repository)}/{validate_tag(tag)}"
+
+
+def manifest_tag_link_path(repository: str, tag: str) -> str:
+    return manifest_tag_dir(repository, tag) + "/current/link"
+
+
+def manifest_referrers_dir(repository: str, subject: Digest) -> str:
+    """The links of the manifests whose ``subject`` is ``subject``."""
+    alg, enc = _segments(subject)
+    return f"{_manifests_dir(repository)}/referrers/{alg}/{enc}"
+
+
+def manifest_referrer_link_path(repository: str, subject: Digest, digest: Digest) -> str:
+    alg, enc = _segments(digest)
+    return f"{manifest_referrers_dir(repository, subject)}/{alg}/{enc}/link"
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryLink:
+    """A link file that names a blob: a layer link (``kind="layer"``) or a manifest
+    revision (``kind="manifest"``) of ``repository``, known there as ``digest``."""
+
+    repository: str
+    kind: str
+    digest: Digest
+
+    @property
+    def path(self) -> str:
+        return self.dir + "/link"
+
+    @property
+    def dir(self) -> str:
+        """The link's directory: deleting it removes the link (and, for a manifest
+        revision, its media type)."""
+        if self.kind == "layer":
+            return layer_link_dir(self.repository, self.digest)
+        return manifest_revision_dir(self.repository, self.digest)
+
+
+@dataclass(frozen=True, slots=True)
+class TagLink:
+    """The link of tag ``tag`` in ``repository``."""
+
+    repository: str
+    tag: str
+
+    @property
+    def path(self) -> str:
+        return manifest_tag_link_path(self.repository, self.tag)
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerLink:
+    """The link saying that manifest ``digest`` of ``repository`` refers to ``subject``."""
+
+    repository: str
+    subject: Digest
+    digest: Digest
+
+    @property
+    def path(self) -> str:
+        return manifest_referrer_link_path(self.repository, self.subject, self.digest)
+
+
+_NAME = r"/repositories/(?P<name>.+)"
+_LINK_RE = re.compile(
+    _NAME + r"/(?P<kind>_layers|_manifests/revisions)/(?P<alg>[^/]+)/(?P<enc>[^/]+)/link"
+)
+_TAG_LINK_RE = re.compile(_NAME + r"/_manifests/tags/(?P<tag>[^/]+)/current/link")
+_REFERRER_LINK_RE = re.compile(
+    _NAME + r"/_manifests/referrers/(?P<salg>[^/]+)/(?P<senc>[^/]+)"
+    r"/(?P<alg>[^/]+)/(?P<enc>[^/]+)/link"
+)
+
+
+def _digest(alg: str, enc: str) -> Digest:
+    return parse_digest(f"{alg}:{enc}")
+
+
+_Link = TypeVar("_Link", RepositoryLink, TagLink, ReferrerLink)
+
+
+def _exact(path: str, build: Callable[[], _Link]) -> _Link | None:
+    # Build from the parts (validating each), then require the result to map back
+    # to exactly ``path``: what a parser returns can name no other location.
+    try:
+        link = build()
+        rebuilt = link.path
+    except (IngestError, ValueError):
+        return None
+    return link if rebuilt == path else None
+
+
+def parse_repository_link(path: str) -> RepositoryLink | None:
+    """The inverse of :func:`layer_link_path` and :func:`manifest_revision_link_path`:
+    the link a storage path is, or None for any other path (tags, media types,
+    temporary files, anything malformed). Never raises on any string.
+
+    The result maps back to exactly ``path``, so nothing built from it can name
+    another location."""
+    m = _LINK_RE.fullmatch(path) if isinstance(path, str) else None
+    if m is None:
+        return None
+    kind = "layer" if m["kind"] == "_layers" else "manifest"
+    return _exact(
+        path, lambda: RepositoryLink(validate_name(m["name"]), kind, _digest(m["alg"], m["enc"]))
+    )
+
+
+def parse_tag_link(path: str) -> TagLink | None:
+    """The inverse of :func:`manifest_tag_link_path`; None for any other path. Never
+    raises; the result maps back to exactly ``path``."""
+    m = _TAG_LINK_RE.fullmatch(path) if isinstance(path, str) else None
+    if m is None:
+        return None
+    return _exact(path, lambda: TagLink(validate_name(m["name"]), validate_tag(m["tag"])))
+
+
+def parse_referrer_link(path: str) -> ReferrerLink | None:
+    """The inverse of :func:`manifest_referrer_link_path`; None for any other path.
+    Never raises; the result maps back to exactly ``path``."""
+    m = _REFERRER_LINK_RE.fullmatch(path) if isinstance(path, str) else None
+    if m is None:
+        return None
+    return _exact(
+        path,
+        lambda: ReferrerLink(
+            validate_name(m["name"]), _digest(m["salg"], m["senc"]), _digest(m["alg"], m["enc"])
+        ),
+    )
+
+
+# -- uploads -----------------------------------------------------------------------
+
+_UPLOADS = "/uploads"
 
 
 def uploads_root() -> str:
-    return "/uploads"
+    return _UPLOADS
 
 
 def upload_dir(upload_id: str) -> str:
-    return f"/uploads/{validate_upload_id(upload_id)}"
+    return f"{_UPLOADS}/{validate_upload_id(upload_id)}"
+
+
+def upload_entry_path(name: str) -> str:
+    """An entry directly under :func:`uploads_root`, by the name a listing gives it
+    (:func:`entry_name`): the :func:`upload_dir` when ``name`` is an upload id, else
+    a leftover that only the purge touches. ValueError unless ``name`` is one safe
+    path segment (never ``.``, ``..`` or anything with ``/``)."""
+    if not isinstance(name, str) or not _SAFE_SEGMENT.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"unsafe upload entry name: {str(name)[:80]!r}")
+    return f"{_UPLOADS}/{name}"
 
 
 def upload_data_path(upload_id: str) -> str:
@@ -142,80 +391,10 @@ def upload_verify_lease_path(upload_id: str) -> str:
     return upload_dir(upload_id) + "/verify.lease"
 
 
-# -- repositories, manifests, quarantine, maintenance (fsck) ---------------------------
-
-
-def repositories_root() -> str:
-    return "/repositories"
-
-
-def blobs_root(algorithm: str = "sha256") -> str:
-    """The directory holding every blob stored under ``algorithm`` (``/blobs/sha256``)."""
-    alg, _ = _segments(Digest(algorithm, "0"))
-    return f"/blobs/{alg}"
-
-
-def _manifests_dir(repository: str) -> str:
-    return f"/repositories/{validate_name(repository)}/_manifests"
-
-
-def manifest_revision_dir(repository: str, digest: Digest) -> str:
-    alg, enc = _segments(digest)
-    return f"{_manifests_dir(repository)}/revisions/{alg}/{enc}"
-
-
-def manifest_revision_link_path(repository: str, digest: Digest) -> str:
-    return manifest_revision_dir(repository, digest) + "/link"
-
-
-def manifest_tags_dir(repository: str) -> str:
-    return f"{_manifests_dir(repository)}/tags"
-
-
-@dataclass(frozen=True, slots=True)
-class RepositoryLink:
-    """A link file that names a blob: a layer link (``kind="layer"``) or a manifest
-    revision (``kind="manifest"``) of ``repository``, known there as ``digest``."""
-
-    repository: str
-    kind: str
-    digest: Digest
-
-    @property
-    def path(self) -> str:
-        if self.kind == "layer":
-            return layer_link_path(self.repository, self.digest)
-        return manifest_revision_link_path(self.repository, self.digest)
-
-
-_LINK_RE = re.compile(
-    r"/repositories/(?P<name>.+)/(?P<kind>_layers|_manifests/revisions)"
-    r"/(?P<alg>[^/]+)/(?P<enc>[^/]+)/link"
-)
-
-
-def parse_repository_link(path: str) -> RepositoryLink | None:
-    """The inverse of :func:`layer_link_path` and :func:`manifest_revision_link_path`:
-    the link a storage path is, or None for any other path (tags, media types,
-    temporary files, anything malformed). Never raises on any string.
-
-    The result maps back to exactly ``path``, so nothing built from it can name
-    another location."""
-    m = _LINK_RE.fullmatch(path) if isinstance(path, str) else None
-    if m is None:
-        return None
-    kind = "layer" if m["kind"] == "_layers" else "manifest"
-    try:
-        link = RepositoryLink(
-            validate_name(m["name"]), kind, parse_digest(f"{m['alg']}:{m['enc']}")
-        )
-        rebuilt = link.path
-    except (IngestError, ValueError):
-        return None
-    return link if rebuilt == path else None
-
+# -- quarantine, maintenance (fsck) -------------------------------------------------
 
 _QUARANTINE_ID_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}-[0-9a-f]{8}")
+_QUARANTINE = "/quarantine"
 
 
 def validate_quarantine_id(quarantine_id: str) -> str:
@@ -227,11 +406,11 @@ def validate_quarantine_id(quarantine_id: str) -> str:
 
 
 def quarantine_root() -> str:
-    return "/quarantine"
+    return _QUARANTINE
 
 
 def quarantine_dir(quarantine_id: str) -> str:
-    return f"/quarantine/{validate_quarantine_id(quarantine_id)}"
+    return f"{_QUARANTINE}/{validate_quarantine_id(quarantine_id)}"
 
 
 def quarantine_record_path(quarantine_id: str) -> str:

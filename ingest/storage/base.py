@@ -7,6 +7,12 @@ sends can name a location outside the driver's root.
 
 The semantics follow distribution's storage drivers, and the shared contract
 suite (``tests/unit/storage/contract.py``) holds every backend to them.
+
+A driver that makes writes atomic through a temporary object next to the target
+(the filesystem driver does) names it ``TMP_MARKER`` + random characters, in the
+same directory. Such an entry can show up in ``list`` and ``walk`` while a write is
+in progress, or after a crash. It is no stored object: callers that list skip it
+(:func:`is_temporary`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol, runtime_checkable
 
 __all__ = [
+    "TMP_MARKER",
     "FileInfo",
     "FileWriter",
     "InvalidOffset",
@@ -28,6 +35,7 @@ __all__ = [
     "StorageDriver",
     "StorageError",
     "check_path",
+    "is_temporary",
     "sync_in_background",
 ]
 
@@ -35,6 +43,10 @@ __all__ = [
 # conservative character set. '+' appears in tarsum algorithm names.
 _PATH_RE = re.compile(r"(?:/[A-Za-z0-9._+=-]+)+")
 _MAX_PATH = 1024
+
+#: How a temporary object's name starts (see the module docstring). No key that
+#: :mod:`ingest.paths` builds has a segment starting with a dot.
+TMP_MARKER = ".tmp-"
 
 
 class StorageError(Exception):
@@ -75,6 +87,12 @@ def check_path(path: str) -> str:
     ):
         raise InvalidPath(str(path)[:200], "invalid storage path")
     return path
+
+
+def is_temporary(path: str) -> bool:
+    """Whether ``path`` (a key, or the bare name of a listed entry) names a driver's
+    temporary object rather than something stored."""
+    return path.rpartition("/")[2].startswith(TMP_MARKER)
 
 
 @dataclass(frozen=True, slots=True)

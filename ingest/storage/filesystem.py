@@ -38,6 +38,7 @@ from typing import BinaryIO
 from ingest.config import Settings
 from ingest.errors import StorageUnavailable
 from ingest.storage.base import (
+    TMP_MARKER,
     FileInfo,
     InvalidOffset,
     ObjectSealed,
@@ -48,7 +49,6 @@ from ingest.storage.base import (
 
 __all__ = ["DEFAULT_DIR_MODE", "DEFAULT_FILE_MODE", "FilesystemDriver"]
 
-TMP_MARKER = ".tmp-"
 _PUT_ATTEMPTS = 5
 DEFAULT_FILE_MODE = 0o640
 DEFAULT_DIR_MODE = 0o750

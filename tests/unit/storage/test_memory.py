@@ -13,6 +13,3 @@ class TestMemoryDriver(StorageDriverContract):
     @pytest.fixture
     def driver(self) -> StorageDriver:
         return MemoryDriver()
-
-    def test_walk_rejects_an_invalid_path(self, driver: StorageDriver) -> None:
-        super().test_walk_rejects_an_invalid_path(driver)
