@@ -6,9 +6,9 @@
 
 Starts, on 127.0.0.1 free ports in a temporary directory, and tears down at the end:
 
-* ours: a private ``redis-server`` (workers.localredis), ``--frontends`` uvicorn
+* ours: a private ``redis-server`` (devtools.localredis), ``--frontends`` uvicorn
   processes (``python -m ingest.cli serve --workers N``) and ``--worker-procs``
-  Celery workers (workers.devstack) with ``--worker-concurrency`` pool slots each;
+  Celery workers (devtools.devstack) with ``--worker-concurrency`` pool slots each;
 * Go: Debian's ``docker-registry serve`` with ``/work/shared/anchors/go-registry.yml``.
 
 Workloads (``--scale`` multiplies the counts of the many-blob workloads and the
@@ -58,8 +58,8 @@ from typing import Protocol
 
 from httpclient import Connection, HTTPError, Response, upload_target
 
-from workers.devstack import Worker
-from workers.localredis import LocalRedis, free_port
+from devtools.devstack import Worker
+from devtools.localredis import LocalRedis, free_port
 
 KIB = 1 << 10
 MIB = 1 << 20

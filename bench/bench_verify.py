@@ -23,10 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from devtools.devstack import Worker
+from devtools.localredis import LocalRedis
 from ingest.api import Ingest
 from ingest.config import Settings
-from workers.devstack import Worker
-from workers.localredis import LocalRedis
 
 MIB = 1 << 20
 

@@ -1,7 +1,8 @@
 """Real services for integration tests: a private redis-server and celery workers.
 
 They skip when no Redis can be started locally, and fail instead when CI=true,
-so CI can never pass by skipping them.
+so CI can never pass by skipping them; every other missing prerequisite (a tool, a
+mount) goes through :func:`unavailable` and is treated the same way.
 """
 
 from __future__ import annotations
@@ -12,19 +13,30 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import redis
 
+from devtools.devstack import Frontend, Worker
+from devtools.localredis import LocalRedis, RedisNotFound, free_port
 from ingest.api import Ingest
 from ingest.config import Settings
-from workers.devstack import Frontend, Worker
-from workers.localredis import LocalRedis, RedisNotFound, free_port
+
+#: The repository root: the working directory of subprocesses that run ``devtools``
+#: (a checkout-only package, importable from here; see devtools/__init__.py).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"integration services unavailable in CI: {reason}")
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A prerequisite of the test is missing: skip locally, but fail under CI=true, where
+    scripts/test.sh provides every prerequisite and a skip would hide a broken setup."""
+    if in_ci():
+        pytest.fail(f"integration prerequisite unavailable in CI: {reason}")
     pytest.skip(reason)
 
 
@@ -37,8 +49,7 @@ def redis_url() -> Iterator[str]:
     try:
         server = LocalRedis().start()
     except (RedisNotFound, RuntimeError) as exc:
-        _unavailable(str(exc))
-        raise AssertionError("unreachable") from exc
+        unavailable(str(exc))
     try:
         yield server.url
     finally:

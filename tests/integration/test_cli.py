@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localredis import free_port
 from tests.data import TARSUM_VECTORS
 from tests.integration.conftest import Stack
-from workers.localredis import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -26,9 +26,9 @@ import httpx
 import pytest
 import yaml
 
+from devtools.localredis import free_port
 from ingest.queue import TASK_RECONCILE
 from tests.integration.conftest import Stack
-from workers.localredis import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from devtools.localredis import free_port
 from ingest.errors import DigestInvalid
 from ingest.queue import TASK_VERIFY
 from tests.integration.conftest import Stack
-from workers.localredis import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localredis import free_port
 from ingest import paths
 from ingest.digests import parse_digest
-from ingest.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid
+from ingest.errors import BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid
 from ingest.queue import TASK_VERIFY
 from tests.data import TARSUM_VECTORS
-from tests.integration.conftest import Stack, stage_large, wait_for_progress
-from workers.localredis import free_port
+from tests.integration.conftest import REPO_ROOT, Stack, stage_large, wait_for_progress
 
 pytestmark = pytest.mark.integration
 
@@ -119,8 +119,11 @@ def test_digest_mismatch_is_recorded_and_a_retry_after_fixing_the_data_commits(
     assert status.error is not None
     assert status.error["code"] == "DIGEST_INVALID"
     assert staged.exists(), "failed uploads keep their data for a retry"
-    with pytest.raises(Exception):  # noqa: B017, PT011 - not linked anywhere
+    with pytest.raises(BlobUnknown) as unknown:  # the failed claim linked nothing
         ing.open("it/retry", sha256(good))
+    assert unknown.value.code == "BLOB_UNKNOWN"
+    assert unknown.value.http_status == 404
+    assert unknown.value.detail == {"repository": "it/retry", "digest": sha256(good)}
 
     with open(staged, "r+b") as f:  # the operator restores the right bytes
         f.seek(1234)
@@ -287,7 +290,7 @@ def test_the_main_job_ingests_rejects_retries_and_serves(redis_url: str, tmp_pat
         [
             sys.executable,
             "-m",
-            "workers.demo",
+            "devtools.demo",
             "--exit",
             "--size",
             str(3 << 20),
@@ -296,6 +299,7 @@ def test_the_main_job_ingests_rejects_retries_and_serves(redis_url: str, tmp_pat
             "--port",
             str(free_port()),
         ],
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,

@@ -36,13 +36,13 @@ import pytest
 import redis
 from celery import Celery
 
+from devtools.devstack import Service
+from devtools.localredis import LocalRedis, RedisNotFound, ServerTLS, find_redis_server, free_port
 from ingest.errors import ArgumentInvalid
 from ingest.queue import QUEUE_MAINTENANCE, QUEUE_VERIFY, TASK_PURGE, TASK_RECONCILE
 from ingest.uploads import UploadState
-from tests.integration.conftest import Stack
+from tests.integration.conftest import REPO_ROOT, Stack, unavailable
 from tests.tlsfiles import TLSFiles, make_tls_files
-from workers.devstack import Service
-from workers.localredis import LocalRedis, RedisNotFound, ServerTLS, find_redis_server, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     try:
         binary = LocalRedis().binary
     except RedisNotFound as exc:
-        pytest.skip(str(exc))
+        unavailable(str(exc))
     reason = _tls_unavailable(binary, directory / "probe")
     if reason:
         pytest.skip(reason)
@@ -116,7 +116,7 @@ def secured(
     try:
         server = LocalRedis(password=secrets.token_hex(24), tls=tls).start()
     except (RedisNotFound, RuntimeError) as exc:
-        pytest.skip(f"cannot start a private redis-server: {exc}")
+        unavailable(f"cannot start a private redis-server: {exc}")
     try:
         yield server, env, files
     finally:
@@ -332,14 +332,14 @@ def test_the_demo_runs_its_own_redis_with_a_password_it_never_prints(tmp_path: P
     try:
         find_redis_server()
     except RedisNotFound as exc:
-        pytest.skip(str(exc))
+        unavailable(str(exc))
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     storage = tmp_path / "storage"
     run = subprocess.run(
         [
             sys.executable,
             "-m",
-            "workers.demo",
+            "devtools.demo",
             "--exit",
             "--size",
             str(1 << 20),
@@ -348,6 +348,7 @@ def test_the_demo_runs_its_own_redis_with_a_password_it_never_prints(tmp_path: P
             "--port",
             str(free_port()),
         ],
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
@@ -372,14 +373,14 @@ def test_the_compose_redis_health_check_passes_only_with_the_password(tmp_path: 
 
     real = shutil.which("redis-cli")
     if real is None:
-        pytest.skip("redis-cli is not installed")
+        unavailable("redis-cli is not installed (scripts/test.sh installs redis-tools)")
     compose = Path(__file__).resolve().parents[2] / "docker-compose.yml"
     test = yaml.safe_load(compose.read_text())["services"]["redis"]["healthcheck"]["test"]
     assert test[0] == "CMD-SHELL"
     try:
         server = LocalRedis(password=secrets.token_hex(16)).start()
     except (RedisNotFound, RuntimeError) as exc:
-        pytest.skip(f"cannot start a private redis-server: {exc}")
+        unavailable(f"cannot start a private redis-server: {exc}")
     try:
         # The container's redis-cli talks to its own server: point ours at the test's.
         shim = tmp_path / "redis-cli"

@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.devstack import Frontend
+from devtools.localredis import free_port
 from tests.integration.conftest import Stack
-from workers.devstack import Frontend
-from workers.localredis import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import localredis
+from devtools import localredis
 
 
 def test_redis_server_on_path_wins(monkeypatch: pytest.MonkeyPatch) -> None:

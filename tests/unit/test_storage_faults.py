@@ -18,9 +18,10 @@ import pytest
 
 from ingest import paths
 from ingest.commit import commit_upload
+from ingest.digests import parse_digest
 from ingest.errors import StorageUnavailable
 from ingest.storage.filesystem import FilesystemDriver
-from ingest.uploads import Staging, UploadState
+from ingest.uploads import Staging, UploadState, UploadWriter
 
 DATA = os.urandom(3 << 20)
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
@@ -115,7 +116,7 @@ def test_a_fault_at_any_commit_step_is_retryable_and_never_half_visible(
     failure: StorageUnavailable | None = None
     first = None
     try:
-        first = commit_upload(driver, uid, DIGEST, task_id="t-1")
+        first = commit_upload(driver, uid, parse_digest(DIGEST), task_id="t-1")
     except StorageUnavailable as exc:
         failure = exc
     if failure is not None:
@@ -124,7 +125,7 @@ def test_a_fault_at_any_commit_step_is_retryable_and_never_half_visible(
         assert failure.detail["errno"] == errno.errorcode[err]
     assert_consistent(driver)
     faults.monkeypatch.setattr(os, name, real)
-    result = first or commit_upload(driver, uid, DIGEST, task_id="t-1")
+    result = first or commit_upload(driver, uid, parse_digest(DIGEST), task_id="t-1")
     assert result["status"] == "committed"
     assert_consistent(driver)
     assert len(blob_files(driver)) == 1
@@ -138,7 +139,7 @@ def test_enospc_while_staging_reports_unavailable_and_keeps_the_durable_offset(
 ) -> None:
     staging = Staging(driver)
     info = staging.create("faults/staging")
-    w = staging.open_writer(info.id)
+    w = UploadWriter(staging, info)
     w.write(DATA[:1000])
 
     def full_disk(fd: int, data: object) -> int:
@@ -154,7 +155,7 @@ def test_enospc_while_staging_reports_unavailable_and_keeps_the_durable_offset(
     w.close()
     assert staging.size(info.id) == 1000
     # Space comes back: the upload continues from where it durably was.
-    w2 = staging.open_writer(info.id)
+    w2 = UploadWriter(staging, staging.info(info.id))  # reopened, as resume() does
     w2.write_at(1000, DATA[1000:2000])
     w2.close()
     assert staging.size(info.id) == 2000

@@ -41,18 +41,25 @@ def _load_vectors() -> dict[str, Any]:
 
 
 VECTORS = _load_vectors()
-MAIN = VECTORS.get("vectors", [])
-DERIVED = VECTORS.get("derived", {}).get("vectors", [])
+# Indexed, not .get(..., []): a renamed or missing list is a KeyError when the module is
+# collected, never a parametrisation that quietly runs nothing (pyproject also makes an
+# empty parameter set a collection error).
+MAIN: list[dict[str, Any]] = VECTORS["vectors"]
+DERIVED: list[dict[str, Any]] = VECTORS["derived"]["vectors"]
+LABEL_ERRORS: list[dict[str, Any]] = VECTORS["label_errors"]
 
 
-def _need_vectors() -> None:
-    assert VECTORS.get("vectors"), f"no TarSum vectors in {VECTOR_DIR}"
-
-
-def test_vectors_present() -> None:
-    _need_vectors()
+def test_every_vector_list_is_populated() -> None:
+    # At least what the vectors held when these tests were written.
     assert len(MAIN) >= 30
-    assert DERIVED
+    assert len(DERIVED) >= 42
+    assert len(LABEL_ERRORS) >= 4
+    # The optional flag that test_vector_expected checks: still spelled as it reads it.
+    assert sum(v.get("label_accepted_by_NewTarSumForLabel") is False for v in MAIN) >= 4
+    assert len(VECTORS["file_sha256"]) >= 21
+    version_parsing = VECTORS["version_parsing"]
+    for key in ("VersionLabelForChecksum", "GetVersionFromTarsum_ok", "GetVersionFromTarsum_error"):
+        assert version_parsing[key], key
 
 
 def _read(rel: str) -> bytes:
@@ -61,7 +68,7 @@ def _read(rel: str) -> bytes:
 
 def _vector_input(v: dict[str, Any]) -> tuple[bytes, bytes]:
     """(stored file bytes, extra)."""
-    extra = _read(v["extra_file"]) if v.get("extra_file") else b""
+    extra = _read(v["extra_file"]) if v["extra_file"] is not None else b""
     return _read(v["file"]), extra
 
 
@@ -90,8 +97,12 @@ def _sum(label: str, data: bytes, extra: bytes = b"", chunks: list[int] | None =
 
 
 def test_vector_files_intact() -> None:
-    _need_vectors()
-    for rel, digest in VECTORS["file_sha256"].items():
+    checksums: dict[str, str] = VECTORS["file_sha256"]
+    used = {v["file"] for v in MAIN + DERIVED} | {
+        v["extra_file"] for v in MAIN + DERIVED if v["extra_file"] is not None
+    }
+    assert used <= set(checksums), sorted(used - set(checksums))  # every input is checked
+    for rel, digest in checksums.items():
         assert hashlib.sha256(_read(rel)).hexdigest() == digest, rel
 
 
@@ -99,7 +110,7 @@ def test_vector_files_intact() -> None:
 def test_vector_expected(v: dict[str, Any]) -> None:
     data, extra = _vector_input(v)
     assert _sum(v["label"], data, extra) == v["expected"]
-    if v.get("input_transform"):
+    if v["input_transform"] is not None:
         # The stored file is gzip-wrapped: the plain tar gives the same sum.
         assert _sum(v["label"], gzip.decompress(data), extra) == v["expected"]
     if v.get("label_accepted_by_NewTarSumForLabel") is False:
@@ -129,7 +140,7 @@ def test_derived(v: dict[str, Any]) -> None:
     assert _sum(v["label"], data, extra, [1] * min(len(data), 3000)) == v["expected"]
 
 
-@pytest.mark.parametrize("case", VECTORS.get("label_errors", []), ids=lambda c: c["label"])
+@pytest.mark.parametrize("case", LABEL_ERRORS, ids=lambda c: c["label"])
 def test_label_errors(case: dict[str, Any]) -> None:
     for call in (lambda: TarSum(case["label"]), lambda: parse_label(case["label"])):
         with pytest.raises(TarSumUnsupported) as info:
@@ -140,7 +151,6 @@ def test_label_errors(case: dict[str, Any]) -> None:
 
 
 def test_version_parsing() -> None:
-    _need_vectors()
     vp = VECTORS["version_parsing"]
     for checksum, label in vp["VersionLabelForChecksum"]:
         assert version_label_for_checksum(checksum) == label

@@ -164,7 +164,7 @@ def test_resume_with_a_different_repository_is_blob_upload_unknown(ing: Ingest) 
     with pytest.raises(BlobUploadUnknown):
         ing.resume("library/debian", up.id)
     with pytest.raises(BlobUploadUnknown):
-        ing.staging.open_writer(up.id, "library/debian")
+        ing.staging.info(up.id, "library/debian")
 
 
 @pytest.mark.parametrize("upload_id", [str(uuid.uuid4()), "../../etc", "", "NOT-A-UUID"])

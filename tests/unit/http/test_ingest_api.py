@@ -213,12 +213,18 @@ def test_retry_with_an_oversized_body_is_refused_not_ignored(env: Env) -> None:
     assert len(env.queue.calls) == 1  # only the original, failed attempt
 
 
-def test_retry_non_numeric_content_length(env: Env) -> None:
+@pytest.mark.parametrize("length", ["abc", "-1", "1.5", " 2x"])
+def test_retry_with_a_malformed_content_length_is_size_invalid_and_queues_nothing(
+    env: Env, length: str
+) -> None:
     _, upload_id = _failed_upload(env)
     r = env.client.post(
-        f"/ingest/v1/uploads/{upload_id}/retry", content=b"{}", headers={"Content-Length": "abc"}
+        f"/ingest/v1/uploads/{upload_id}/retry", content=b"{}", headers={"Content-Length": length}
     )
-    assert r.status_code < 500, r.text
+    detail = assert_error(r, 400, "SIZE_INVALID")
+    assert detail == {"content_length": length}
+    assert _status(env, upload_id)["state"] == "failed"
+    assert len(env.queue.calls) == 1  # only the original, failed attempt
 
 
 # -- OpenAPI ---------------------------------------------------------------------------

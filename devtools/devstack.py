@@ -1,6 +1,6 @@
 """Run the pipeline's processes locally: a private Redis and real Celery workers.
 
-Used by the demo (``python -m workers.demo``) and the integration tests. Workers
+Used by the demo (``python -m devtools.demo``) and the integration tests. Workers
 are started with ``start_new_session=True`` so a test can kill a worker's whole
 process group, or just its pool child, as a crash would.
 """

@@ -1,4 +1,4 @@
-"""The main job, end to end on one machine: ``python -m workers.demo``.
+"""The main job, end to end on one machine: ``python -m devtools.demo``.
 
 Starts a private Redis (unless ``REDIS_URL`` is set), a real Celery worker and
 the HTTP frontend, then ingests a sample blob through the Python API -- chunked
@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from devtools.devstack import Frontend, Service, Worker
+from devtools.localredis import LocalRedis, free_port
 from ingest.api import Ingest
 from ingest.config import Settings, mask_url
 from ingest.errors import IngestError
-from workers.devstack import Frontend, Service, Worker
-from workers.localredis import LocalRedis, free_port
 
 
 def _sample(size: int) -> bytes:
