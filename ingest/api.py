@@ -24,17 +24,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ingest import backends, maintenance
 from ingest.attempts import Liveness, liveness
 from ingest.blobs import BlobInfo, BlobReader, BlobStore
 from ingest.config import Settings
-from ingest.digests import Digest, new_verifier, parse_digest
-from ingest.errors import BlobUploadInvalid, BlobUploadUnknown, SizeInvalid, StorageUnavailable
-from ingest.queue import CeleryTaskQueue, TaskQueue
+from ingest.digests import Digest, VerifierLimits, check_supported, parse_digest
+from ingest.errors import (
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    SizeInvalid,
+    StorageUnavailable,
+)
+from ingest.fsck import FsckReport, Heartbeat, run_fsck
+from ingest.manifests import ManifestStore
+from ingest.names import validate_name
+from ingest.queue import TaskQueue
 from ingest.storage.base import StorageDriver
-from ingest.storage.filesystem import FilesystemDriver
 from ingest.uploads import Staging, UploadInfo, UploadRecord, UploadState, UploadWriter
 
-__all__ = ["Ingest", "Ticket", "Upload", "UploadStatus"]
+__all__ = ["Ingest", "Ticket", "Upload", "UploadStatus", "as_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +94,16 @@ class UploadStatus:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
+def as_digest(digest: Digest | str) -> Digest:
+    """``digest`` parsed if it is text (the Python API's edge), and checked to be a
+    kind this build verifies."""
+    return check_supported(digest if isinstance(digest, Digest) else parse_digest(digest))
+
+
 class Upload(UploadWriter):
     """An open upload session (the seed design's LayerUpload)."""
 
-    def __init__(self, ingest: Ingest, info: UploadInfo) -> None:
+    def __init__(self, ingest: Ingest, info: UploadInfo, *, immediate: bool = False) -> None:
         super().__init__(
             ingest.staging,
             info,
@@ -96,6 +111,7 @@ class Upload(UploadWriter):
             sync_on_close=ingest.settings.staging_fsync,
         )
         self._ingest = ingest
+        self._immediate = immediate
 
     def _grew(self, before: int, after: int) -> None:
         # Writes are sequential, so exactly one write crosses the threshold.
@@ -103,15 +119,18 @@ class Upload(UploadWriter):
         if threshold and before < threshold <= after:
             self._ingest._start_prehash(self.id)
 
-    def finish(self, digest: str, size: int | None = None) -> Ticket:
+    def finish(self, digest: Digest | str, size: int | None = None) -> Ticket:
         """Freeze the upload and enqueue its verification; returns at once.
 
         Malformed or unsupported digests and a wrong ``size`` are rejected here,
         before any work is queued. The handle is closed afterwards.
         """
         self._check_open_handle()
+        claimed = as_digest(digest)
+        # A handle used for one request may trust the record it read when it opened.
+        known = self.known_record if self._immediate else None
         self.close()
-        return self._ingest._finish(self.info, digest, size)
+        return self._ingest._finish(self.info, claimed, size, known=known)
 
     def cancel(self) -> None:
         """Discard the upload and its staged bytes."""
@@ -129,24 +148,24 @@ class Ingest:
         self.driver = driver
         self.queue = queue
         self.settings = settings or Settings()
+        self.verifier_limits = VerifierLimits(
+            self.settings.tarsum_max_bytes, self.settings.tarsum_max_ratio
+        )
         self.staging = Staging(driver)
         self.blobs = BlobStore(driver)
+        #: Manifests are small and verified inline, on the request path.
+        self.manifests = ManifestStore(driver, max_size=self.settings.max_manifest_size)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Ingest:
-        """Filesystem storage and a Celery queue configured from the environment."""
+        """The storage and task queue configured in the environment."""
         settings = Settings.from_env(os.environ if environ is None else environ)
         return cls.from_settings(settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Ingest:
-        queue = CeleryTaskQueue.from_urls(
-            settings.broker_url,
-            settings.result_backend,
-            settings.visibility_timeout,
-            settings.redis_ssl_options(),
-        )
-        return cls(FilesystemDriver.from_settings(settings), queue, settings)
+        """The storage driver and task queue ``settings`` name (:mod:`ingest.backends`)."""
+        return cls(backends.storage_driver(settings), backends.task_queue(settings), settings)
 
     # -- uploads ----------------------------------------------------------------------
 
@@ -167,26 +186,38 @@ class Ingest:
                 f"upload is {record.state.value}",
                 {"upload_id": upload_id, "state": record.state.value},
             )
-        up = Upload(self, info)
+        up = Upload(self, info, immediate=immediate)
         if immediate:
             up.known_record = record
         return up
 
     def finish(
-        self, repository: str, upload_id: str, digest: str, size: int | None = None
+        self, repository: str, upload_id: str, digest: Digest | str, size: int | None = None
     ) -> Ticket:
         """Finish an upload by id (as a frontend does per request): like
         ``Upload.finish``, and also allowed again after a failed verification."""
-        return self._finish(self.staging.info(upload_id, repository), digest, size)
+        claimed = as_digest(digest)
+        return self._finish(self.staging.info(upload_id, repository), claimed, size)
+
+    def offset(self, repository: str, upload_id: str) -> int:
+        """Bytes staged so far in an upload of ``repository`` that is not committed
+        (BlobUploadUnknown otherwise: a committed upload is no longer a session)."""
+        self.staging.info(upload_id, repository)
+        if self.staging.result(upload_id) is not None:
+            raise BlobUploadUnknown("upload already committed", {"upload_id": upload_id})
+        return self.staging.size(upload_id)
 
     def _finish(
-        self, info: UploadInfo, digest: str, size: int | None, *, known: UploadRecord | None = None
+        self,
+        info: UploadInfo,
+        claimed: Digest,
+        size: int | None,
+        *,
+        known: UploadRecord | None = None,
     ) -> Ticket:
         """``known``: the record the caller's handle just saw open, which saves
         re-reading it (an open upload has no result yet)."""
         upload_id = info.id
-        claimed = parse_digest(digest)
-        new_verifier(claimed)  # unsupported tarsum labels fail now, not in a worker
         if size is not None and size < 0:
             raise SizeInvalid("size must not be negative", {"size": size})
         if known is not None and known.state is UploadState.OPEN:
@@ -248,7 +279,7 @@ class Ingest:
             raise SizeInvalid(
                 "blob exceeds the maximum size", {"limit": self.settings.max_blob_size}
             )
-        return self._enqueue(info, record, str(claimed), size, staged)
+        return self._enqueue(info, record, claimed, size, staged)
 
     def _freeze(self, upload_id: str, record: UploadRecord) -> int:
         """Seal the staged data; its size. Data an earlier attempt already moved into
@@ -262,7 +293,7 @@ class Ingest:
             return record.size
 
     def _enqueue(
-        self, info: UploadInfo, record: UploadRecord, digest: str, size: int | None, staged: int
+        self, info: UploadInfo, record: UploadRecord, claimed: Digest, size: int | None, staged: int
     ) -> Ticket:
         upload_id = info.id
         task_id = str(uuid.uuid4())
@@ -275,7 +306,7 @@ class Ingest:
             record,
             UploadState.FINISHING,
             durable=False,
-            claimed_digest=digest,
+            claimed_digest=str(claimed),
             expected_size=size,
             size=staged,
             task_id=task_id,
@@ -283,15 +314,15 @@ class Ingest:
             error=None,
             # A verification of this very claim stays valid: the bytes are sealed, and
             # an earlier attempt may have moved them into the blob store already.
-            verified=record.verified if record.claimed_digest == digest else None,
+            verified=record.verified if record.claimed_digest == str(claimed) else None,
         )
         try:
             self.queue.enqueue_verify(
                 upload_id,
-                digest,
+                claimed,
                 size,
                 task_id=task_id,
-                time_limit=self.settings.time_limit(staged),
+                staged_size=staged,
                 repository=info.repository,
             )
         except StorageUnavailable as exc:
@@ -308,11 +339,11 @@ class Ingest:
         """Have a worker hash the upload while it arrives (an optimisation: the
         upload goes on, and is verified in full at finish, if this fails)."""
         try:
-            self.queue.enqueue_prehash(upload_id, time_limit=self.settings.max_time_limit())
+            self.queue.enqueue_prehash(upload_id)
         except Exception:  # never fail a client's write over it
             log.warning("could not enqueue the prehash of upload %s", upload_id, exc_info=True)
 
-    def retry(self, upload_id: str, digest: str | None = None) -> Ticket:
+    def retry(self, upload_id: str, digest: Digest | str | None = None) -> Ticket:
         """Re-enqueue a failed verification as a new attempt (optionally with a
         corrected digest). Committed uploads are refused with BlobUploadInvalid,
         cancelled or unknown ones with BlobUploadUnknown."""
@@ -332,9 +363,12 @@ class Ingest:
         claim = digest if digest is not None else record.claimed_digest
         if claim is None:
             raise BlobUploadInvalid("no digest to verify against", {"upload_id": upload_id})
-        new_verifier(parse_digest(claim))
         return self._enqueue(
-            info, record, claim, record.expected_size, self._freeze(upload_id, record)
+            info,
+            record,
+            as_digest(claim),
+            record.expected_size,
+            self._freeze(upload_id, record),
         )
 
     def status(self, upload_id: str) -> UploadStatus:
@@ -377,14 +411,68 @@ class Ingest:
             error,
         )
 
-    def cancel(self, upload_id: str) -> None:
+    def cancel(self, upload_id: str, repository: str | None = None) -> None:
+        """Discard the upload and its staged bytes; BlobUploadUnknown if it does not
+        exist, or (with ``repository``) belongs to another repository."""
+        if repository is not None:
+            self.staging.info(upload_id, repository)
         self.staging.cancel(upload_id)
 
     # -- blobs ------------------------------------------------------------------------
 
-    def open(self, repository: str, digest: str) -> BlobReader:
+    def open(self, repository: str, digest: Digest | str) -> BlobReader:
         """A seekable reader of a blob linked in ``repository`` (BlobUnknown otherwise)."""
         return self.blobs.open(repository, digest)
 
-    def stat(self, repository: str, digest: str) -> BlobInfo:
+    def stat(self, repository: str, digest: Digest | str) -> BlobInfo:
         return self.blobs.stat(repository, digest)
+
+    def mount(self, repository: str, source: str, digest: Digest) -> bool:
+        """Link a blob that ``source`` holds into ``repository`` without uploading it
+        (cross-repository mount); False if ``source`` does not hold it."""
+        validate_name(source)
+        try:
+            canonical = self.blobs.resolve(source, digest)
+            self.blobs.stat(source, digest)
+        except BlobUnknown:
+            return False
+        self.blobs.link(repository, canonical, canonical)
+        if digest != canonical:
+            self.blobs.link(repository, digest, canonical)
+        return True
+
+    # -- housekeeping (the CLI's; workers run the same core functions on a schedule) --
+
+    def failed_uploads(
+        self, *, since: float | None = None, code: str | None = None
+    ) -> list[tuple[str, UploadRecord]]:
+        """Failed uploads, optionally only those failed in the last ``since`` seconds
+        with error ``code``: the input of a bulk retry after an outage."""
+        return maintenance.failed_uploads(self.driver, since=since, code=code)
+
+    def purge(self, *, older_than: float, dry_run: bool = False) -> maintenance.PurgeSummary:
+        """Remove uploads idle longer than ``older_than`` seconds (never finishing ones).
+        The caller keeps other purges out (a cluster-wide lock)."""
+        return maintenance.purge_uploads(self.driver, older_than=older_than, dry_run=dry_run)
+
+    def reconcile(self, *, grace: float, dry_run: bool = False) -> maintenance.ReconcileSummary:
+        """Re-send verifications whose task was lost, or whose worker died."""
+        return maintenance.reconcile(
+            self.driver, self.queue, self.settings, grace=grace, dry_run=dry_run
+        )
+
+    def fsck(self, *, repair: bool = False, heartbeat: Heartbeat | None = None) -> FsckReport:
+        """Re-hash every stored blob and alias link against its address (see
+        :mod:`ingest.fsck`); ``heartbeat`` is called while it runs."""
+        return run_fsck(
+            self.driver,
+            repair=repair,
+            limits=self.verifier_limits,
+            chunk_size=self.settings.verify_chunk,
+            heartbeat=heartbeat,
+        )
+
+    def unlink(self, repository: str, digest: Digest) -> None:
+        """Remove ``digest``'s link from ``repository`` only; the blob stays for others
+        (BlobUnknown if it was not linked there)."""
+        self.blobs.unlink(repository, digest)

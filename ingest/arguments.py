@@ -28,7 +28,11 @@ import math
 from typing import Any, NoReturn
 
 from ingest import paths
-from ingest.digests import parse_digest
+
+# The floors are declared with the settings they bound (INGEST_PURGE_AGE,
+# INGEST_RECONCILE_GRACE) in ingest.config, which depends on nothing of ingest.
+from ingest.config import MIN_PURGE_AGE, MIN_RECONCILE_GRACE
+from ingest.digests import Digest, parse_digest
 from ingest.errors import ArgumentInvalid, IngestError
 from ingest.names import validate_name
 
@@ -39,14 +43,11 @@ __all__ = [
     "check_flag",
     "check_purge_age",
     "check_reconcile_grace",
+    "check_size",
     "check_upload_id",
     "check_verify_arguments",
 ]
 
-#: Shortest idle time after which a purge may remove an upload (seconds).
-MIN_PURGE_AGE = 3600.0
-#: Shortest age of a stuck verification that a reconcile may re-send (seconds).
-MIN_RECONCILE_GRACE = 60.0
 #: Largest size a task may claim (a signed 64-bit integer, like every size on disk).
 MAX_SIZE = (1 << 63) - 1
 
@@ -108,23 +109,37 @@ def check_upload_id(upload_id: object) -> str:
         _grammar("upload_id", exc, upload_id)
 
 
+def check_size(argument: str, size: object) -> int | None:
+    """None, or a size: an integer from 0 to 2**63 - 1."""
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int):
+        _refuse(argument, "type", f"{argument} must be an integer or null", size)
+    if not 0 <= size <= MAX_SIZE:
+        _refuse(argument, "range", f"{argument} must be between 0 and 2**63 - 1", size)
+    return size
+
+
 def check_verify_arguments(
-    upload_id: object, digest: object, size: object, repository: object
-) -> None:
+    upload_id: object,
+    digest: object,
+    size: object,
+    repository: object,
+    staged_size: object = None,
+) -> Digest:
     """The arguments of ``ingest.verify_upload``: id, digest and repository by their
-    grammar, ``size`` None or a non-negative integer."""
+    grammar, ``size`` and ``staged_size`` None or a size. Returns the parsed digest:
+    the message's text is parsed here, once."""
     check_upload_id(upload_id)
     try:
-        parse_digest(digest)  # type: ignore[arg-type]
+        claimed = parse_digest(digest)  # type: ignore[arg-type]
     except IngestError as exc:
         _grammar("digest", exc, digest)
-    if size is not None:
-        if isinstance(size, bool) or not isinstance(size, int):
-            _refuse("size", "type", "size must be an integer or null", size)
-        if not 0 <= size <= MAX_SIZE:
-            _refuse("size", "range", "size must be between 0 and 2**63 - 1", size)
+    check_size("size", size)
+    check_size("staged_size", staged_size)
     if repository is not None:
         try:
             validate_name(repository)  # type: ignore[arg-type]
         except IngestError as exc:
             _grammar("repository", exc, repository)
+    return claimed

@@ -310,12 +310,10 @@ def retry(
 
 
 def _retry_failed(obj: Context, since: float | None, code: str | None) -> None:
-    from ingest.maintenance import failed_uploads
-
     ing = obj.ingest
     queued: list[dict[str, str]] = []
     errors: list[dict[str, Any]] = []
-    for upload_id, _record in failed_uploads(ing.driver, since=since, code=code):
+    for upload_id, _record in ing.failed_uploads(since=since, code=code):
         try:
             queued.append({"upload_id": upload_id, "task_id": ing.retry(upload_id).task_id})
         except IngestError as exc:
@@ -345,14 +343,13 @@ def purge(obj: Context, older_than: float | None, dry_run: bool) -> None:
     """Remove abandoned uploads (idle longer than --older-than); never finishing ones."""
     from ingest.arguments import check_purge_age
     from ingest.locks import exclusive
-    from ingest.maintenance import purge_uploads
 
     s = obj.settings
     age = check_purge_age(s.purge_age if older_than is None else older_than)  # before the lock
     with exclusive(
         s.redis_url, "purge", ttl=max(600.0, s.purge_interval), tls=s.redis_ssl_options()
     ):
-        summary = purge_uploads(obj.ingest.driver, older_than=age, dry_run=dry_run)
+        summary = obj.ingest.purge(older_than=age, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     lines = [
         f"{verb} {len(summary.removed)} upload(s), {summary.bytes_freed} bytes "
@@ -371,15 +368,8 @@ def purge(obj: Context, older_than: float | None, dry_run: bool) -> None:
 @reports_errors
 def reconcile(obj: Context, grace: float | None, dry_run: bool) -> None:
     """Re-enqueue verifications whose task was lost (after a Redis loss)."""
-    from ingest.maintenance import reconcile as run
-
-    ing = obj.ingest
-    summary = run(
-        ing.driver,
-        ing.queue,
-        obj.settings,
-        grace=obj.settings.reconcile_grace if grace is None else grace,
-        dry_run=dry_run,
+    summary = obj.ingest.reconcile(
+        grace=obj.settings.reconcile_grace if grace is None else grace, dry_run=dry_run
     )
     verb = "would re-enqueue" if dry_run else "re-enqueued"
     lines = [
@@ -408,18 +398,12 @@ def fsck(obj: Context, repair: bool) -> None:
     Exit status 0 when everything matches, 3 when problems were found (also when
     --repair dealt with them), 4 when another fsck runs or storage/Redis fail."""
     from ingest.errors import EXIT_REJECTED
-    from ingest.fsck import run_fsck, throttled
+    from ingest.fsck import throttled
     from ingest.locks import exclusive
 
     s = obj.settings
     with exclusive(s.redis_url, "fsck", ttl=FSCK_LOCK_TTL, tls=s.redis_ssl_options()) as renew:
-        report = run_fsck(
-            obj.ingest.driver,
-            repair=repair,
-            limits=s.verifier_limits(),
-            chunk_size=s.verify_chunk,
-            heartbeat=throttled(renew, FSCK_LOCK_TTL / 5),
-        )
+        report = obj.ingest.fsck(repair=repair, heartbeat=throttled(renew, FSCK_LOCK_TTL / 5))
     obj.emit(report.to_dict(), "\n".join(report.summary_lines()))
     if not report.clean:
         click.get_current_context().exit(EXIT_REJECTED)

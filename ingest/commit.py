@@ -44,7 +44,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ingest import paths
@@ -55,7 +54,6 @@ from ingest.digests import (
     VerifierLimits,
     new_hasher,
     new_verifier,
-    parse_digest,
 )
 from ingest.errors import (
     BlobUploadInvalid,
@@ -69,7 +67,7 @@ from ingest.errors import (
 from ingest.leases import LEASE_RENEW, hold_lease
 from ingest.prehash import await_prehash
 from ingest.storage.base import PathNotFound, StorageDriver, sync_in_background
-from ingest.uploads import Staging, UploadRecord, UploadState
+from ingest.uploads import Staging, UploadRecord, UploadState, Verification
 
 __all__ = ["VERIFY_CHUNK", "Progress", "commit_upload", "compute_digests", "mark_failed"]
 
@@ -95,13 +93,6 @@ def _no_step(name: str) -> None:
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Computed:
-    canonical: str
-    claimed: str  # the claimed kind of digest, as computed
-    size: int
-
-
 def compute_digests(
     driver: StorageDriver,
     path: str,
@@ -111,8 +102,8 @@ def compute_digests(
     progress: Progress | None = None,
     chunk_size: int = VERIFY_CHUNK,
     limits: VerifierLimits | None = None,
-) -> Computed:
-    """One streaming pass over ``path`` computing sha256 and ``claimed``'s digest.
+) -> Verification:
+    """One streaming pass over ``path`` computing sha256 and ``claimed``'s kind of digest.
 
     Memory is one reused buffer of ``chunk_size`` bytes whatever the blob size.
     """
@@ -148,9 +139,15 @@ def compute_digests(
                     progress(size, total)
     finally:
         f.close()
-    canonical_digest = canonical.result()
-    claimed_digest = canonical_digest if other is None else other.result()
-    return Computed(canonical_digest, claimed_digest, size)
+    canonical_digest = Digest(CANONICAL_ALGORITHM, canonical.result().partition(":")[2])
+    computed = canonical_digest if other is None else _as_digest(other.result())
+    return Verification(canonical_digest, computed, size)
+
+
+def _as_digest(text: str) -> Digest:
+    # A hasher's own output: trusted to be "algorithm:encoded".
+    algorithm, _, encoded = text.partition(":")
+    return Digest(algorithm, encoded)
 
 
 def mark_failed(
@@ -177,7 +174,7 @@ def mark_failed(
 def commit_upload(
     driver: StorageDriver,
     upload_id: str,
-    claimed_digest: str,
+    claimed: Digest,
     expected_size: int | None = None,
     *,
     progress: Progress | None = None,
@@ -186,7 +183,7 @@ def commit_upload(
     limits: VerifierLimits | None = None,
     on_step: StepHook = _no_step,
 ) -> dict[str, Any]:
-    """Verify upload ``upload_id`` against ``claimed_digest`` and commit it.
+    """Verify upload ``upload_id`` against the ``claimed`` digest and commit it.
 
     Returns the committed result (a JSON-safe dict). Raises DigestInvalid or
     SizeInvalid (recorded in the upload's state, data kept for a retry),
@@ -202,7 +199,6 @@ def commit_upload(
     if done is not None:
         return done
     info = staging.info(upload_id)
-    claimed = parse_digest(claimed_digest)
     record = staging.state(upload_id)
     if task_id is not None and record.task_id is not None and record.task_id != task_id:
         # A late duplicate of an earlier attempt: the newer attempt owns the upload.
@@ -269,7 +265,7 @@ def _verify_and_place(
         # Still staged: hash it again rather than trust a record about it. The record
         # is for a rerun that finds the data already moved into the blob store.
         verified = None
-    computed: Computed | None = None
+    computed: Verification | None = None
     flusher: threading.Thread | None = None
     prehashed = False
     if verified is None:
@@ -327,21 +323,16 @@ def _verify_and_place(
             mark_failed(staging, upload_id, exc, task_id)
             raise
         on_step("checked")
-        verified = {
-            "canonical": computed.canonical,
-            "claimed": str(claimed),
-            "size": computed.size,
-        }
+        verified = computed
         if (done := staging.result(upload_id)) is not None:
             return done  # a concurrent runner committed while we hashed
-        if claimed != parse_digest(computed.canonical):
+        if claimed != computed.canonical:
             # Only a claim in another algorithm needs this record: for a sha256
             # claim the blob's own path proves the verification (see _in_store).
             record = staging.transition(upload_id, record, UploadState.VERIFIED, verified=verified)
         on_step("recorded")
 
-    canonical = parse_digest(verified["canonical"])
-    size = int(verified["size"])
+    canonical, size = verified.canonical, verified.size
     deduplicated = _place_blob(blobs, driver, data_path, canonical, size, upload_id, on_step)
     on_step("placed")
 
@@ -386,7 +377,7 @@ def _background_sync(driver: StorageDriver, path: str, size: int | None) -> thre
 
 def _prehashed(
     driver: StorageDriver, upload_id: str, claimed: Digest, record: UploadRecord
-) -> Computed | None:
+) -> Verification | None:
     """The digests a prehash computed while the bytes arrived (see
     :mod:`ingest.prehash`); only a sha256 claim can use them.
 
@@ -403,10 +394,11 @@ def _prehashed(
         with contextlib.suppress(PathNotFound):
             driver.delete(paths.upload_prehash_path(upload_id))
         return None
-    return Computed(pre.digest, pre.digest, pre.size)
+    digest = _as_digest(pre.digest)
+    return Verification(digest, digest, pre.size)
 
 
-def _in_store(blobs: BlobStore, claimed: Digest, record: UploadRecord) -> dict[str, Any] | None:
+def _in_store(blobs: BlobStore, claimed: Digest, record: UploadRecord) -> Verification | None:
     """For a sha256 claim whose staged data is gone: if the content address holds a
     blob of the frozen size, a runner verified and moved it (nothing else writes
     there), so the commit can carry on from the move."""
@@ -415,7 +407,7 @@ def _in_store(blobs: BlobStore, claimed: Digest, record: UploadRecord) -> dict[s
     size = blobs.exists(claimed)
     if size is None or (record.size is not None and size != record.size):
         return None
-    return {"canonical": str(claimed), "claimed": str(claimed), "size": size}
+    return Verification(claimed, claimed, size)
 
 
 def _exists(driver: StorageDriver, path: str) -> bool:
@@ -426,16 +418,16 @@ def _exists(driver: StorageDriver, path: str) -> bool:
     return True
 
 
-def _recorded_verification(record: UploadRecord, claimed: Digest) -> dict[str, Any] | None:
+def _recorded_verification(record: UploadRecord, claimed: Digest) -> Verification | None:
     """The verification a runner recorded for this claim, if any (trusted on rerun)."""
     v = record.verified
-    if record.state is UploadState.VERIFIED and v is not None and v.get("claimed") == str(claimed):
+    if record.state is UploadState.VERIFIED and v is not None and v.computed == claimed:
         return v
     return None
 
 
 def _check(
-    computed: Computed, claimed: Digest, expected_size: int | None, record: UploadRecord
+    computed: Verification, claimed: Digest, expected_size: int | None, record: UploadRecord
 ) -> None:
     if record.size is not None and computed.size != record.size:
         # Bytes landed after finish() froze the size: never commit what was not verified
@@ -449,14 +441,14 @@ def _check(
             f"blob has {computed.size} bytes, {expected_size} were claimed",
             {"claimed": expected_size, "computed": computed.size},
         )
-    if computed.claimed != str(claimed):
+    if computed.computed != claimed:
         raise DigestInvalid(
             "provided digest did not match uploaded content",
             {
                 "reason": "mismatch",
                 "claimed": str(claimed),
-                "computed": computed.claimed,
-                "canonical": computed.canonical,
+                "computed": str(computed.computed),
+                "canonical": str(computed.canonical),
             },
         )
 

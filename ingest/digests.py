@@ -33,6 +33,7 @@ __all__ = [
     "Digest",
     "Hasher",
     "VerifierLimits",
+    "check_supported",
     "new_hasher",
     "new_verifier",
     "parse_digest",
@@ -165,6 +166,27 @@ def new_verifier(digest: Digest, limits: VerifierLimits | None = None) -> Hasher
                 "tarsum verification is not available",
                 {"reason": "tarsum-unsupported", "label": digest.algorithm},
             ) from exc
+    raise DigestInvalid(
+        f"unsupported digest algorithm {digest.algorithm!r}",
+        {"reason": "unsupported", "algorithm": digest.algorithm},
+    )
+
+
+def check_supported(digest: Digest) -> Digest:
+    """``digest`` if this build can verify it, else the error :func:`new_verifier`
+    would raise. Builds no hasher: a frontend calls it on every finish."""
+    if digest.algorithm in _HEX_LENGTHS:
+        return digest
+    if digest.is_tarsum:
+        try:
+            from ingest import tarsum
+        except ImportError as exc:  # engine not installed in this build
+            raise TarSumUnsupported(
+                "tarsum verification is not available",
+                {"reason": "tarsum-unsupported", "label": digest.algorithm},
+            ) from exc
+        tarsum.parse_label(digest.algorithm)
+        return digest
     raise DigestInvalid(
         f"unsupported digest algorithm {digest.algorithm!r}",
         {"reason": "unsupported", "algorithm": digest.algorithm},

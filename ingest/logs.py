@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -43,9 +42,6 @@ def bind(*, upload_id: str | None = None, task_id: str | None = None) -> Iterato
             var.reset(token)
 
 
-_UPLOAD_IN_ARGS = re.compile(r"upload=([0-9a-f-]{36})")
-
-
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "upload_id", None) is None:
@@ -53,14 +49,15 @@ class _ContextFilter(logging.Filter):
         if getattr(record, "task_id", None) is None:
             record.task_id = task_id_var.get()
         # Celery's own lines about a task (received, succeeded, failed) are logged
-        # outside the task's context; take the ids from the data they carry.
+        # outside the task's context; they carry the task id in their data. (The
+        # worker logs a line binding the task to its upload when it receives it.)
         data = getattr(record, "data", None)
-        if isinstance(data, dict):
-            if getattr(record, "task_id", None) is None and isinstance(data.get("id"), str):
-                record.task_id = data["id"]
-            if getattr(record, "upload_id", None) is None and isinstance(data.get("args"), str):
-                m = _UPLOAD_IN_ARGS.search(data["args"])
-                record.upload_id = m.group(1) if m else None
+        if (
+            isinstance(data, dict)
+            and getattr(record, "task_id", None) is None
+            and isinstance(data.get("id"), str)
+        ):
+            record.task_id = data["id"]
         return True
 
 

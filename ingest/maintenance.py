@@ -30,11 +30,11 @@ from ingest import paths
 from ingest.arguments import check_flag, check_purge_age, check_reconcile_grace
 from ingest.attempts import attempt_lease
 from ingest.config import Settings
+from ingest.digests import parse_digest
 from ingest.errors import BlobUploadUnknown
 from ingest.leases import Lease, write_lease
 from ingest.queue import TaskQueue
-from ingest.storage.base import PathNotFound, StorageDriver
-from ingest.storage.filesystem import TMP_MARKER
+from ingest.storage.base import PathNotFound, StorageDriver, is_temporary
 from ingest.uploads import Staging, UploadRecord, UploadState
 
 __all__ = ["PurgeSummary", "ReconcileSummary", "failed_uploads", "purge_uploads", "reconcile"]
@@ -81,7 +81,7 @@ def purge_uploads(
     cutoff = (time.time() if now is None else now) - older_than
     summary = PurgeSummary(dry_run=dry_run, older_than=older_than)
     for upload_id in staging.list_ids():
-        if TMP_MARKER in upload_id:
+        if is_temporary(upload_id):
             continue
         summary.scanned += 1
         try:
@@ -108,7 +108,7 @@ def purge_uploads(
         }
         if not dry_run:
             try:
-                driver.delete(f"{paths.uploads_root()}/{upload_id}")
+                driver.delete(paths.upload_entry_path(upload_id))
             except PathNotFound:
                 continue
         summary.removed.append(entry)
@@ -119,7 +119,7 @@ def purge_uploads(
 def _dir_age(driver: StorageDriver, upload_id: str) -> float:
     try:
         return max(
-            (fi.mod_time for fi in driver.walk(f"{paths.uploads_root()}/{upload_id}")),
+            (fi.mod_time for fi in driver.walk(paths.upload_entry_path(upload_id))),
             default=0.0,
         )
     except Exception:  # noqa: BLE001 - an unreadable leftover is old by definition
@@ -224,10 +224,10 @@ def reconcile(
             size = record.size if record.size is not None else staging.size(upload_id)
             queue.enqueue_verify(
                 upload_id,
-                record.claimed_digest,
+                parse_digest(record.claimed_digest),
                 record.expected_size,
                 task_id=record.task_id,
-                time_limit=settings.time_limit(size),
+                staged_size=size,
             )
         summary.requeued.append(entry)
     return summary

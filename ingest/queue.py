@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ingest.config import redis_tls_options
+from ingest.digests import Digest
 from ingest.errors import IngestError, StorageUnavailable, Unknown, VerificationTimeout, from_dict
 
 if TYPE_CHECKING:
@@ -73,18 +74,22 @@ class TaskQueue(Protocol):
     def enqueue_verify(
         self,
         upload_id: str,
-        digest: str,
+        digest: Digest,
         size: int | None,
         *,
         task_id: str,
-        time_limit: int,
+        staged_size: int,
         repository: str | None = None,
     ) -> None:
         """Send ``ingest.verify_upload(upload_id, digest, size)`` under ``task_id``.
-        ``repository`` is informational (logs, Flower). Raises StorageUnavailable if
-        the broker cannot be reached."""
 
-    def enqueue_prehash(self, upload_id: str, *, time_limit: int) -> None:
+        ``size`` is the size the client claimed (None if it did not); ``staged_size``
+        the size ``finish`` froze, from which the worker sets the task's time limit;
+        ``repository`` is informational (logs, Flower). The upload's own record is
+        authoritative for all three. Raises StorageUnavailable if the broker cannot
+        be reached."""
+
+    def enqueue_prehash(self, upload_id: str) -> None:
         """Send ``ingest.prehash_upload(upload_id)``: hash the upload while it grows
         (see :mod:`ingest.prehash`). Best effort; raises StorageUnavailable if the
         broker cannot be reached."""
@@ -157,11 +162,6 @@ def _error_from_result(value: object, task_id: str) -> IngestError:
         "verification failed unexpectedly",
         {"task_id": task_id, "error": type(value).__name__, "message": str(value)[:500]},
     )
-
-
-def _soft_limit(time_limit: int) -> int:
-    """The soft limit leaves a task time to record its timeout cleanly."""
-    return max(1, time_limit - min(10, max(1, time_limit // 10)))
 
 
 _READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
@@ -271,28 +271,28 @@ class CeleryTaskQueue:
     def enqueue_verify(
         self,
         upload_id: str,
-        digest: str,
+        digest: Digest,
         size: int | None,
         *,
         task_id: str,
-        time_limit: int,
+        staged_size: int,
         repository: str | None = None,
     ) -> None:
         from kombu.exceptions import OperationalError
 
-        kwargs = {"repository": repository} if repository else {}
+        kwargs: dict[str, Any] = {"staged_size": staged_size}
+        if repository:
+            kwargs["repository"] = repository
         try:
             self.app.send_task(
                 TASK_VERIFY,
-                args=(upload_id, digest, size),
+                args=(upload_id, str(digest), size),
                 kwargs=kwargs,
                 task_id=task_id,
                 # What Flower and `celery inspect` show instead of a raw tuple.
                 argsrepr=f"upload={upload_id} digest={digest} size={size}",
-                kwargsrepr=f"repository={repository}" if repository else "",
+                kwargsrepr=f"staged_size={staged_size} repository={repository}",
                 queue=QUEUE_VERIFY,
-                time_limit=time_limit,
-                soft_time_limit=_soft_limit(time_limit),
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5},
             )
@@ -301,7 +301,7 @@ class CeleryTaskQueue:
                 "the task broker is unreachable", {"error": str(exc)[:300]}
             ) from exc
 
-    def enqueue_prehash(self, upload_id: str, *, time_limit: int) -> None:
+    def enqueue_prehash(self, upload_id: str) -> None:
         from kombu.exceptions import OperationalError
 
         try:
@@ -310,8 +310,6 @@ class CeleryTaskQueue:
                 args=(upload_id,),
                 argsrepr=f"upload={upload_id}",
                 queue=QUEUE_PREHASH,
-                time_limit=time_limit,
-                soft_time_limit=_soft_limit(time_limit),
                 retry=False,
             )
         except OperationalError as exc:

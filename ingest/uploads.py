@@ -31,11 +31,12 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any, BinaryIO
 
 from ingest import paths
+from ingest.digests import Digest, parse_digest
 from ingest.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
@@ -58,6 +59,7 @@ __all__ = [
     "UploadRecord",
     "UploadState",
     "UploadWriter",
+    "Verification",
 ]
 
 #: Size of the slices ``read_from`` copies; large enough that per-call overhead vanishes.
@@ -82,6 +84,29 @@ class UploadInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Verification:
+    """What one pass over the staged bytes established.
+
+    ``computed`` is the digest of the claimed kind (same algorithm or TarSum label)
+    as computed from the bytes; it equals the claim only if the bytes match it.
+    ``canonical`` is their sha256, the blob's content address.
+    """
+
+    canonical: Digest
+    computed: Digest
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        # On disk the computed digest is stored as "claimed": only a verification
+        # that matched its claim is ever recorded.
+        return {"canonical": str(self.canonical), "claimed": str(self.computed), "size": self.size}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Verification:
+        return cls(parse_digest(d["canonical"]), parse_digest(d["claimed"]), int(d["size"]))
+
+
+@dataclass(frozen=True, slots=True)
 class UploadRecord:
     """The mutable lifecycle record (``state.json``)."""
 
@@ -93,18 +118,21 @@ class UploadRecord:
     task_id: str | None = None
     attempt: int = 0
     error: dict[str, Any] | None = None
-    verified: dict[str, Any] | None = None  # {"canonical", "size"} once digests matched
+    verified: Verification | None = None  # once the bytes matched the claim
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["state"] = self.state.value
+        d["verified"] = None if self.verified is None else self.verified.to_dict()
         return json.dumps(d, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> UploadRecord:
         d = json.loads(raw)
         d["state"] = UploadState(d["state"])
+        if d.get("verified") is not None:
+            d["verified"] = Verification.from_dict(d["verified"])
         return cls(**d)
 
 
@@ -242,13 +270,7 @@ class Staging:
             children = self.driver.list(paths.uploads_root())
         except PathNotFound:
             return []
-        return [c.rsplit("/", 1)[1] for c in children]
-
-    # -- writing --------------------------------------------------------------------
-
-    def open_writer(self, upload_id: str, repository: str | None = None) -> UploadWriter:
-        info = self.info(upload_id, repository)
-        return UploadWriter(self, info)
+        return [paths.entry_name(c) for c in children]
 
 
 class UploadWriter:

@@ -6,10 +6,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
 
-# Real OCI clients for the frontend's integration tests (Debian packages).
+# Real OCI clients for the frontend's integration tests, redis-cli for the compose
+# health check's test, and mount/unshare for the full-disk tests' tmpfs (Debian packages).
 need=()
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v mount >/dev/null 2>&1 || need+=(mount)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${need[*]}"
@@ -21,4 +25,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 echo "== ruff"; ruff check . && ruff format --check .
 echo "== mypy"; mypy
+echo "== import contracts"; lint-imports
 echo "== pytest"; exec python -m pytest "$@"

@@ -6,14 +6,18 @@ URLs and limits from :class:`ingest.config.Settings` read from the environment.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from celery import Celery, signals
 
-from ingest import logs
+from ingest import logs, paths
 from ingest.config import Settings
+from ingest.errors import IngestError
 from ingest.queue import TASK_FSCK, TASK_PURGE, TASK_RECONCILE, client_config
+
+log = logging.getLogger("workers")
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -74,6 +78,25 @@ def _bind_ids(task_id: str | None = None, args: Any = None, **_: Any) -> None:
     logs.task_id_var.set(task_id)
     upload_id = args[0] if args and isinstance(args[0], str) else None
     logs.upload_id_var.set(upload_id)
+
+
+@signals.task_received.connect
+def log_received(request: Any = None, **_: Any) -> None:
+    """Celery's own "received" line names the task only; this one binds the task to
+    its upload (the first argument of every upload task), so both ids find it."""
+    args = getattr(request, "args", None)
+    if not args or not isinstance(args[0], str):
+        return
+    try:
+        upload_id = paths.validate_upload_id(args[0])
+    except IngestError:
+        return  # not an upload task, or a forged message: its refusal is logged
+    log.info(
+        "%s received for upload %s",
+        request.name,
+        upload_id,
+        extra={"upload_id": upload_id, "task_id": request.id},
+    )
 
 
 @signals.task_postrun.connect

@@ -1,31 +1,47 @@
-"""Celery tasks: thin shells around :mod:`ingest.commit`.
+"""Celery tasks: thin shells around the core, with every policy in their base classes.
 
-All retry and time-limit policy lives in :class:`IngestTask`, not in task bodies:
+A task body checks its arguments and calls one core function. How a task is
+acknowledged, retried, time-limited and recorded when it fails is declared once,
+on its base class:
 
-* Transient failures (:class:`~ingest.errors.StorageUnavailable`: I/O errors,
-  ENOSPC, a storage hiccup) retry automatically with exponential backoff and
-  full jitter, at most ``INGEST_TASK_MAX_RETRIES`` times.
-* Verdicts on the content (every :class:`~ingest.errors.ClientError`:
-  DIGEST_INVALID, SIZE_INVALID, BLOB_UPLOAD_UNKNOWN...) never retry; they are
-  listed in ``throws`` so the worker logs them as outcomes, without a traceback.
-* When a task finally fails for any reason, the upload's state records the
-  error, so ``Ingest.retry`` and ``status`` see it even after Redis forgets.
+* :class:`CheckedTask` (every task): refuses a message whose arguments do not fit
+  (ArgumentInvalid), gives the body ``settings``, ``driver`` and ``task_queue`` (built
+  by :mod:`ingest.backends` from the worker's settings), and sets each message's
+  time limits in the worker (:class:`PolicyRequest`), whatever the sender asked.
+* :class:`VerifyTask`: acknowledged late and redelivered if its worker dies;
+  transient failures (:class:`~ingest.errors.StorageUnavailable`: I/O errors,
+  ENOSPC, a storage hiccup) retry with exponential backoff and full jitter, at most
+  ``INGEST_TASK_MAX_RETRIES`` times; verdicts on the content (every
+  :class:`~ingest.errors.ClientError`) never retry. Its time limit scales with the
+  staged size. When it finally fails, for any reason, the upload's state records
+  the error before Celery publishes it, so ``Ingest.retry`` and ``status`` see it
+  even after Redis forgets.
+* :class:`PrehashTask`: an optimisation: acknowledged on receipt, never retried.
+* :class:`MaintenanceTask` / :class:`FsckTask`: housekeeping on its own queue.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 from functools import cache
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.worker.request import Request
 
-from ingest.arguments import check_flag, check_purge_age, check_upload_id, check_verify_arguments
-from ingest.commit import commit_upload, mark_failed
+from ingest import backends
+from ingest.arguments import (
+    check_flag,
+    check_purge_age,
+    check_size,
+    check_upload_id,
+    check_verify_arguments,
+)
+from ingest.commit import Progress, commit_upload, mark_failed
 from ingest.config import Settings
+from ingest.digests import Digest, VerifierLimits
 from ingest.errors import (
     ArgumentInvalid,
     ClientError,
@@ -46,24 +62,22 @@ from ingest.queue import (
     TASK_PURGE,
     TASK_RECONCILE,
     TASK_VERIFY,
-    CeleryTaskQueue,
+    TaskQueue,
 )
-from ingest.storage.filesystem import FilesystemDriver
+from ingest.storage.base import StorageDriver
 from ingest.uploads import Staging
 from workers.app import app
 
 log = logging.getLogger(__name__)
 
+#: The driver of the settings it was built for: a test that swaps the worker's
+#: settings gets a driver on the new root without clearing anything.
+_built: dict[str, tuple[Settings, StorageDriver]] = {}
 
-@cache
-def _driver() -> FilesystemDriver:
-    return FilesystemDriver.from_settings(_settings())
 
-
-def _settings() -> Settings:
-    s = app.conf.ingest_settings
-    assert isinstance(s, Settings)
-    return s
+def soft_limit(time_limit: int) -> int:
+    """The soft limit leaves a task time to record its timeout cleanly."""
+    return max(1, time_limit - min(10, max(1, time_limit // 10)))
 
 
 @cache
@@ -71,13 +85,56 @@ def _signature(run: Any) -> inspect.Signature:
     return inspect.signature(run)
 
 
+class PolicyRequest(Request):
+    """A received message whose time limits its task's policy sets, in the worker.
+
+    Celery takes a message's limits from its headers; whoever publishes could set
+    any. Here the task class decides (:meth:`CheckedTask.time_limits`), from the
+    message's arguments and the worker's own settings.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        task = self.task
+        if isinstance(task, CheckedTask):
+            hard = task.time_limits(self.kwargs if isinstance(self.kwargs, dict) else {})
+            self.time_limits = (hard, soft_limit(hard))
+
+
 class CheckedTask(Task[Any, Any]):
-    """Refuses a message whose arguments do not fit the task (ArgumentInvalid, not a
+    """Base of every task: argument checking, injected backends, time-limit policy.
+
+    Refuses a message whose arguments do not fit the task (ArgumentInvalid, not a
     TypeError from inside Celery), and logs every refused message: whoever can publish
     to the broker can send anything (docs/operations.md, "The broker is a trust
-    boundary"). Each task also checks its arguments' types and ranges at its entry."""
+    boundary"). Each task also checks its arguments' types and ranges at its entry.
+    """
 
+    Request = "workers.tasks:PolicyRequest"
     throws: tuple[type[Exception], ...] = (ArgumentInvalid,)
+
+    @property
+    def settings(self) -> Settings:
+        s = self.app.conf.ingest_settings
+        assert isinstance(s, Settings)
+        return s
+
+    @property
+    def driver(self) -> StorageDriver:
+        settings = self.settings
+        built = _built.get("driver")
+        if built is None or built[0] is not settings:
+            built = _built["driver"] = (settings, backends.storage_driver(settings))
+        return built[1]
+
+    @property
+    def task_queue(self) -> TaskQueue:
+        # Not ``queue``: Celery reads a task's ``queue`` attribute as its routing.
+        return backends.task_queue(self.settings, self.app)
+
+    def time_limits(self, kwargs: dict[str, Any]) -> int:
+        """The hard time limit of one message (the soft one follows from it)."""
+        return self.settings.max_time_limit()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -94,8 +151,11 @@ class CheckedTask(Task[Any, Any]):
             raise
 
 
-class IngestTask(CheckedTask):
-    """Base class carrying the retry policy and failure bookkeeping."""
+class VerifyTask(CheckedTask):
+    """Retry policy, size-scaled time limits and failure bookkeeping of a verification.
+
+    The task's first argument is the upload id; its failures are recorded there.
+    """
 
     autoretry_for = (StorageUnavailable,)
     retry_backoff = 1
@@ -105,116 +165,167 @@ class IngestTask(CheckedTask):
     acks_late = True
     reject_on_worker_lost = True
 
+    @property
+    def max_retries(self) -> int:  # type: ignore[override]
+        return self.settings.task_max_retries
+
+    def time_limits(self, kwargs: dict[str, Any]) -> int:
+        try:
+            staged = check_size("staged_size", kwargs.get("staged_size"))
+        except ArgumentInvalid:
+            staged = None  # refused again, with the message named, when it runs
+        return self.settings.time_limit(staged)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except (ArgumentInvalid, Retry):
+            raise  # refused untouched, or retrying: nothing to record
+        except SoftTimeLimitExceeded:
+            timeout = VerificationTimeout(detail={"upload_id": str(args[0])})
+            self._record(str(args[0]), timeout)
+            raise timeout from None
+        except Exception as exc:
+            # Reaching here, a StorageUnavailable has used up its retries.
+            self._record(str(args[0]), _final_error(exc))
+            raise
+
+    def _record(self, upload_id: str, error: IngestError) -> None:
+        """Record the outcome in storage *before* Celery publishes the failure, so a
+        client that sees FAILURE and retries at once finds the upload failed."""
+        try:
+            mark_failed(Staging(self.driver), upload_id, error, self.request.id)
+        except Exception:
+            log.exception("could not record failure of upload %s", upload_id)
+
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         if not args or isinstance(exc, ArgumentInvalid):
             return  # a refused message touches no storage, not even to record itself
-        error = (
-            exc
-            if isinstance(exc, IngestError)
-            else Unknown("verification failed unexpectedly", {"error": type(exc).__name__})
-        )
+        # Normally recorded already by __call__; this catches failures outside it.
+        error = exc if isinstance(exc, IngestError) else _final_error(exc)
         try:
-            # Normally already recorded by the task body; this catches the rest.
-            mark_failed(Staging(_driver()), str(args[0]), error, task_id)
+            mark_failed(Staging(self.driver), str(args[0]), error, task_id)
         except Exception:
             log.exception("could not record failure of upload %s", args[0])
 
+    def progress_reporter(self, upload_id: str, digest: Digest) -> Progress:
+        """Reports a verification's progress to the result backend (read by
+        ``status`` and the ingest API) and as a ``task-progress`` event (Flower)."""
 
-@app.task(bind=True, base=IngestTask, name=TASK_VERIFY, max_retries=_settings().task_max_retries)
-def verify_upload(
-    self: IngestTask,
-    upload_id: str,
-    digest: str,
-    size: int | None = None,
-    repository: str | None = None,
-) -> dict[str, Any]:
-    """Verify staged upload ``upload_id`` against ``digest`` and commit it.
+        def progress(done: int, total: int) -> None:
+            meta = {"upload_id": upload_id, "digest": str(digest), "done": done, "total": total}
+            try:
+                self.update_state(state=STATE_PROGRESS, meta=meta)
+                if self.request.id and not self.request.is_eager:
+                    self.send_event(
+                        "task-progress",
+                        upload_id=upload_id,
+                        digest=str(digest),
+                        done=done,
+                        total=total,
+                    )
+            except Exception:
+                log.debug("progress report failed", exc_info=True)
 
-    ``repository`` is informational only: the upload's own record is authoritative.
-    """
-    check_verify_arguments(upload_id, digest, size, repository)  # before any storage access
-    settings = _settings()
-
-    def progress(done: int, total: int) -> None:
-        meta = {"upload_id": upload_id, "digest": digest, "done": done, "total": total}
-        try:
-            # Result backend: read by status() and the ingest API.
-            self.update_state(state=STATE_PROGRESS, meta=meta)
-            # Event stream: Flower shows the task in state PROGRESS with these fields.
-            if self.request.id and not self.request.is_eager:
-                self.send_event(
-                    "task-progress", upload_id=upload_id, digest=digest, done=done, total=total
-                )
-        except Exception:
-            log.debug("progress report failed", exc_info=True)
-
-    driver = _driver()
-    try:
-        return commit_upload(
-            driver,
-            upload_id,
-            digest,
-            size,
-            progress=progress,
-            task_id=self.request.id,
-            chunk_size=settings.verify_chunk,
-            limits=settings.verifier_limits(),
-        )
-    except Exception as exc:
-        # Record the outcome in storage *before* Celery publishes the failure, so a
-        # client that sees FAILURE and retries at once finds the upload failed.
-        final = _final_error(self, exc, upload_id)
-        if final is not None:
-            with contextlib.suppress(Exception):
-                mark_failed(Staging(driver), upload_id, final, self.request.id)
-        if isinstance(exc, SoftTimeLimitExceeded):
-            raise VerificationTimeout(detail={"upload_id": upload_id}) from None
-        raise
+        return progress
 
 
-def _final_error(task: IngestTask, exc: Exception, upload_id: str) -> IngestError | None:
-    """The error to record if ``exc`` ends this verification (None if it will retry)."""
-    if isinstance(exc, SoftTimeLimitExceeded):
-        return VerificationTimeout(detail={"upload_id": upload_id})
-    if isinstance(exc, StorageUnavailable):
-        return exc if task.request.retries >= (task.max_retries or 0) else None
+def _final_error(exc: BaseException) -> IngestError:
     if isinstance(exc, IngestError):
         return exc
     return Unknown("verification failed unexpectedly", {"error": type(exc).__name__})
 
 
-# Acked on receipt and never retried: a prehash is an optimisation, and a lost one
-# only means the verification reads the bytes itself (see ingest.prehash).
-@app.task(bind=True, base=CheckedTask, name=TASK_PREHASH, acks_late=False, max_retries=0)
-def prehash(self: Task[Any, Any], upload_id: str) -> dict[str, Any]:
+class PrehashTask(CheckedTask):
+    """Acknowledged on receipt and never retried: a prehash is an optimisation, and a
+    lost one only means the verification reads the bytes itself (see ingest.prehash)."""
+
+    acks_late = False
+    max_retries = 0
+    #: Seconds before its time limit at which a prehash stops by itself, cleanly.
+    MARGIN = 30.0
+
+    def max_duration(self) -> float:
+        return max(1.0, self.settings.max_time_limit() - self.MARGIN)
+
+
+class MaintenanceTask(CheckedTask):
+    """Housekeeping (reconcile, purge): acknowledged late, not retried (the next
+    scheduled run is the retry), bounded by the worker's longest time limit."""
+
+    acks_late = True
+    max_retries = 0
+
+
+class FsckTask(CheckedTask):
+    """A bounded share of the blob check: acknowledged on receipt (a lost share is
+    only a delayed one: the cursor is in storage), never retried."""
+
+    acks_late = False
+    max_retries = 0
+
+    def time_limits(self, kwargs: dict[str, Any]) -> int:
+        return self.settings.fsck_time_limit()
+
+
+@app.task(bind=True, base=VerifyTask, name=TASK_VERIFY)
+def verify_upload(
+    self: VerifyTask,
+    upload_id: str,
+    digest: str,
+    size: int | None = None,
+    repository: str | None = None,
+    *,
+    staged_size: int | None = None,
+) -> dict[str, Any]:
+    """Verify staged upload ``upload_id`` against ``digest`` and commit it.
+
+    ``repository`` and ``staged_size`` are informational (logs, the time limit): the
+    upload's own record is authoritative.
+    """
+    # Before any storage access; the digest is parsed here, once.
+    claimed = check_verify_arguments(upload_id, digest, size, repository, staged_size)
+    settings = self.settings
+    return commit_upload(
+        self.driver,
+        upload_id,
+        claimed,
+        size,
+        progress=self.progress_reporter(upload_id, claimed),
+        task_id=self.request.id,
+        chunk_size=settings.verify_chunk,
+        limits=VerifierLimits(settings.tarsum_max_bytes, settings.tarsum_max_ratio),
+    )
+
+
+@app.task(bind=True, base=PrehashTask, name=TASK_PREHASH)
+def prehash(self: PrehashTask, upload_id: str) -> dict[str, Any]:
     """Hash upload ``upload_id``'s staged bytes while they arrive."""
     check_upload_id(upload_id)
-    settings = _settings()
-    # Stop before the soft time limit, cleanly, rather than be killed by it.
-    limit = settings.max_time_limit()
+    settings = self.settings
     try:
         return prehash_upload(
-            _driver(),
+            self.driver,
             upload_id,
             task_id=self.request.id,
             idle_timeout=settings.prehash_idle,
-            max_duration=max(1.0, limit - 30.0),
+            max_duration=self.max_duration(),
             chunk_size=settings.verify_chunk,
         )
     except SoftTimeLimitExceeded:
         return {"upload_id": upload_id, "status": "abandoned", "reason": "time limit"}
 
 
-@app.task(base=CheckedTask, name=TASK_RECONCILE, acks_late=True)
-def reconcile_uploads(grace: float | None = None) -> dict[str, Any]:
+@app.task(bind=True, base=MaintenanceTask, name=TASK_RECONCILE)
+def reconcile_uploads(self: MaintenanceTask, grace: float | None = None) -> dict[str, Any]:
     """Re-enqueue verifications whose task was lost (e.g. with Redis); ``reconcile``
     refuses a grace below its floor."""
-    settings = _settings()
+    settings = self.settings
     summary = reconcile(
-        _driver(),
-        CeleryTaskQueue(app),
+        self.driver,
+        self.task_queue,
         settings,
         grace=settings.reconcile_grace if grace is None else grace,
     )
@@ -223,12 +334,12 @@ def reconcile_uploads(grace: float | None = None) -> dict[str, Any]:
     return summary.to_dict()
 
 
-@app.task(base=CheckedTask, name=TASK_PURGE, acks_late=True)
+@app.task(bind=True, base=MaintenanceTask, name=TASK_PURGE)
 def purge_abandoned_uploads(
-    older_than: float | None = None, dry_run: bool = False
+    self: MaintenanceTask, older_than: float | None = None, dry_run: bool = False
 ) -> dict[str, Any]:
     """Remove abandoned uploads; one runner at a time across the cluster."""
-    settings = _settings()
+    settings = self.settings
     # Checked before the lock (purge_uploads checks again): below the floor, nothing runs.
     age = check_purge_age(settings.purge_age if older_than is None else older_than)
     check_flag("dry_run", dry_run)
@@ -238,7 +349,7 @@ def purge_abandoned_uploads(
         ttl=max(600.0, settings.purge_interval),
         tls=settings.redis_ssl_options(),
     ):
-        summary = purge_uploads(_driver(), older_than=age, dry_run=dry_run)
+        summary = purge_uploads(self.driver, older_than=age, dry_run=dry_run)
     log.info("purge removed %d upload(s), %d bytes", len(summary.removed), summary.bytes_freed)
     return summary.to_dict()
 
@@ -291,30 +402,26 @@ def _log_finding(finding: Finding) -> None:
     )
 
 
-# Acked on receipt: a lost share is only a delayed one (the cursor is in storage).
-@app.task(
-    name=TASK_FSCK,
-    acks_late=False,
-    max_retries=0,
-    time_limit=_settings().fsck_time_limit(),
-    soft_time_limit=_settings().fsck_time_limit() - 30,
-)
+@app.task(bind=True, base=FsckTask, name=TASK_FSCK)
 def fsck_share(
-    repair: bool | None = None, budget: int | None = None, budget_blobs: int | None = None
+    self: FsckTask,
+    repair: bool | None = None,
+    budget: int | None = None,
+    budget_blobs: int | None = None,
 ) -> dict[str, Any]:
     """Re-hash the next bounded share of the stored blobs (see :mod:`ingest.fsck`)."""
-    settings = _settings()
+    settings = self.settings
     repair, budget, budget_blobs = _fsck_args(settings, repair, budget, budget_blobs)
     try:
         with exclusive(
             settings.redis_url, "fsck", ttl=FSCK_LOCK_TTL, tls=settings.redis_ssl_options()
         ) as renew:
             share = run_share(
-                _driver(),
+                self.driver,
                 budget_bytes=budget,
                 budget_blobs=budget_blobs,
                 repair=repair,
-                limits=settings.verifier_limits(),
+                limits=VerifierLimits(settings.tarsum_max_bytes, settings.tarsum_max_ratio),
                 chunk_size=settings.verify_chunk,
                 heartbeat=throttled(renew, FSCK_LOCK_TTL / 5),
                 on_finding=_log_finding,

@@ -1,7 +1,8 @@
 """The HTTP frontend: OCI distribution API v1.1 plus the ingest JSON API.
 
 ``create_app`` is the one place the frontend reads configuration; handlers get
-the :class:`~ingest.api.Ingest` facade and the manifest store from ``app.state``.
+the :class:`~ingest.api.Ingest` facade from ``app.state`` (:mod:`ingest.http.common`)
+and reach the core through it alone.
 Blob uploads are finished through the Celery verification task (via the queue
 seam); waiting for its result is a pub/sub wait on the event loop.
 """
@@ -25,9 +26,8 @@ from ingest import logs
 from ingest.api import Ingest
 from ingest.config import Settings
 from ingest.errors import IngestError
-from ingest.http import blobs, ingest_api, manifests, metrics
+from ingest.http import blobs, ingest_api, manifests, metrics, uploads
 from ingest.http.errors import http_error, ingest_error, unexpected_error
-from ingest.manifests import ManifestStore
 
 log = logging.getLogger("ingest.http.access")
 
@@ -78,14 +78,14 @@ def routes() -> list[Route]:
     n = "/v2/{name:path}"
     return [
         Route("/v2/", version_check, methods=["GET", "HEAD"]),
-        _by_method(f"{n}/blobs/uploads/", {"POST": blobs.start_upload}),
+        _by_method(f"{n}/blobs/uploads/", {"POST": uploads.start_upload}),
         _by_method(
             f"{n}/blobs/uploads/{{upload_id}}",
             {
-                "PATCH": blobs.patch_upload,
-                "PUT": blobs.put_upload,
-                "GET": blobs.get_upload,
-                "DELETE": blobs.delete_upload,
+                "PATCH": uploads.patch_upload,
+                "PUT": uploads.put_upload,
+                "GET": uploads.get_upload,
+                "DELETE": uploads.delete_upload,
             },
         ),
         _by_method(
@@ -161,7 +161,6 @@ def create_app(settings: Settings | None = None, *, ingest: Ingest | None = None
     )
     app.state.ingest = ingest
     app.state.metrics_registry = metrics.registry(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-    app.state.manifests = ManifestStore(ingest.driver, max_size=ingest.settings.max_manifest_size)
     return app
 
 

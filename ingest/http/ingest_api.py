@@ -15,22 +15,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ingest.api import Ingest
+from ingest.digests import Digest, check_supported, parse_digest
 from ingest.errors import BlobUploadInvalid
-from ingest.logs import upload_id_var
-from ingest.paths import validate_upload_id
-
-
-def _ingest(request: Request) -> Ingest:
-    ing = request.app.state.ingest
-    assert isinstance(ing, Ingest)
-    return ing
+from ingest.http.common import content_length, ingest
+from ingest.http.common import upload_id as path_upload_id
 
 
 async def upload_status(request: Request) -> Response:
-    upload_id = validate_upload_id(request.path_params["upload_id"])
-    upload_id_var.set(upload_id)
-    status = await run_in_threadpool(_ingest(request).status, upload_id)
+    upload_id = path_upload_id(request)
+    status = await run_in_threadpool(ingest(request).status, upload_id)
     return JSONResponse(status.to_dict())
 
 
@@ -44,9 +37,9 @@ async def _read_small_body(request: Request, limit: int) -> bytes:
 
 
 async def retry_upload(request: Request) -> Response:
-    upload_id = validate_upload_id(request.path_params["upload_id"])
-    upload_id_var.set(upload_id)
-    digest = None
+    upload_id = path_upload_id(request)
+    content_length(request)  # a malformed one is SIZE_INVALID, as on every endpoint
+    digest: Digest | None = None
     raw = await _read_small_body(request, 4096)
     if raw.strip():
         try:
@@ -55,8 +48,9 @@ async def retry_upload(request: Request) -> Response:
             raise BlobUploadInvalid("body must be JSON", {"reason": "json"}) from None
         if not isinstance(doc, dict) or not isinstance(doc.get("digest", ""), str):
             raise BlobUploadInvalid('body must be {"digest": "<digest>"}', {"reason": "json"})
-        digest = doc.get("digest") or None
-    ticket = await run_in_threadpool(_ingest(request).retry, upload_id, digest)
+        if doc.get("digest"):
+            digest = check_supported(parse_digest(doc["digest"]))
+    ticket = await run_in_threadpool(ingest(request).retry, upload_id, digest)
     return JSONResponse(
         {"upload_id": upload_id, "task_id": ticket.task_id, "state": "finishing"},
         status_code=202,
@@ -137,7 +131,10 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    "400": _error_response("BLOB_UPLOAD_INVALID: committed or not failed"),
+                    "400": _error_response(
+                        "BLOB_UPLOAD_INVALID: committed or not failed, or a malformed body; "
+                        "DIGEST_INVALID; SIZE_INVALID: a malformed Content-Length"
+                    ),
                     "404": _error_response("BLOB_UPLOAD_UNKNOWN"),
                 },
             }

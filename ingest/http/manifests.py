@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ingest.errors import ManifestInvalid, TooLarge
+from ingest.http.common import ingest
 from ingest.manifests import OCI_INDEX, ManifestStore, is_digest_reference
 from ingest.names import validate_name
 
@@ -17,9 +18,7 @@ _MAX_TAGS_PAGE = 10_000
 
 
 def _store(request: Request) -> ManifestStore:
-    store = request.app.state.manifests
-    assert isinstance(store, ManifestStore)
-    return store
+    return ingest(request).manifests
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -12,6 +12,7 @@ from typing import Any
 from ingest.api import Ingest
 from ingest.commit import Progress, commit_upload
 from ingest.config import Settings
+from ingest.digests import Digest, parse_digest
 from ingest.queue import TaskInfo, TaskQueue
 from ingest.storage.base import StorageDriver
 from ingest.storage.filesystem import FilesystemDriver
@@ -36,10 +37,10 @@ class EnqueuedVerify:
     """One ``enqueue_verify`` call, as the broker would have received it."""
 
     upload_id: str
-    digest: str
+    digest: str  # as the message carries it
     size: int | None
     task_id: str
-    time_limit: int
+    staged_size: int
 
 
 class RecordingQueue:
@@ -57,20 +58,20 @@ class RecordingQueue:
         self.waited: list[str] = []
         self.prehashes: list[str] = []
 
-    def enqueue_prehash(self, upload_id: str, *, time_limit: int) -> None:
+    def enqueue_prehash(self, upload_id: str) -> None:
         self.prehashes.append(upload_id)
 
     def enqueue_verify(
         self,
         upload_id: str,
-        digest: str,
+        digest: Digest,
         size: int | None,
         *,
         task_id: str,
-        time_limit: int,
+        staged_size: int,
         repository: str | None = None,
     ) -> None:
-        self.calls.append(EnqueuedVerify(upload_id, digest, size, task_id, time_limit))
+        self.calls.append(EnqueuedVerify(upload_id, str(digest), size, task_id, staged_size))
 
     def call(self, task_id: str) -> EnqueuedVerify:
         matches = [c for c in self.calls if c.task_id == task_id]
@@ -81,7 +82,12 @@ class RecordingQueue:
         self.waited.append(task_id)
         c = self.call(task_id)
         return commit_upload(
-            self.driver, c.upload_id, c.digest, c.size, task_id=c.task_id, progress=self.progress
+            self.driver,
+            c.upload_id,
+            parse_digest(c.digest),
+            c.size,
+            task_id=c.task_id,
+            progress=self.progress,
         )
 
     async def wait_async(self, task_id: str, timeout: float) -> dict[str, Any]:
@@ -123,14 +129,12 @@ def sha512(data: bytes) -> str:
 def worker_settings(storage_root: Path, **changes: Any) -> Iterator[FilesystemDriver]:
     """Run the worker's tasks (called in-process) against ``storage_root`` and the
     other ``changes`` to its Settings; yields a driver on that root."""
-    from workers import tasks
     from workers.app import app
 
     settings = app.conf.ingest_settings
+    # The tasks build their driver for the settings they see (workers.tasks).
     app.conf.ingest_settings = replace(settings, storage_root=str(storage_root), **changes)
-    tasks._driver.cache_clear()
     try:
         yield FilesystemDriver(storage_root)
     finally:
         app.conf.ingest_settings = settings
-        tasks._driver.cache_clear()

@@ -12,7 +12,7 @@ import pytest
 from ingest import paths
 from ingest.api import Ingest
 from ingest.config import Settings
-from ingest.digests import parse_digest
+from ingest.digests import Digest, parse_digest
 from ingest.errors import (
     BlobUnknown,
     BlobUploadInvalid,
@@ -118,7 +118,8 @@ def test_finish_enqueues_one_verification_with_the_upload_arguments(
         len(DATA),
         ticket.task_id,
     )
-    assert call.time_limit == ing.settings.time_limit(len(DATA))
+    # The size finish froze: the worker derives the task's time limit from it.
+    assert call.staged_size == len(DATA)
     assert uuid.UUID(ticket.task_id)
     assert ticket.upload_id == up.id
     record = ing.staging.state(up.id)
@@ -174,16 +175,18 @@ def test_a_broker_failure_while_finishing_leaves_a_failed_upload_a_repeated_fini
         def enqueue_verify(
             self,
             upload_id: str,
-            digest: str,
+            digest: Digest,
             size: int | None,
             *,
             task_id: str,
-            time_limit: int,
+            staged_size: int,
             repository: str | None = None,
         ) -> None:
             if self.down:
                 raise StorageUnavailable("broker down")
-            super().enqueue_verify(upload_id, digest, size, task_id=task_id, time_limit=time_limit)
+            super().enqueue_verify(
+                upload_id, digest, size, task_id=task_id, staged_size=staged_size
+            )
 
     queue = DownQueue(driver)
     ing = Ingest(driver, queue)
@@ -604,3 +607,75 @@ def test_max_blob_size_is_enforced_again_at_finish(driver: StorageDriver) -> Non
     with pytest.raises(SizeInvalid):
         small.resume(REPO, up.id).finish(sha256(b"123456789"))
     assert queue.calls == []
+
+
+# -- the facade's operations for frontends ------------------------------------------------
+
+
+def test_mount_links_a_blob_only_from_a_repository_that_holds_it(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, _ = ingq
+    _commit(ing, DATA, sha512(DATA))
+    claimed = parse_digest(sha512(DATA))
+    assert ing.mount("library/alpine", OTHER_REPO, claimed) is False  # not there
+    with pytest.raises(BlobUnknown):
+        ing.stat("library/alpine", claimed)
+    assert ing.mount(OTHER_REPO, REPO, claimed) is True
+    # The alias and the canonical digest both resolve in the new repository.
+    assert ing.stat(OTHER_REPO, claimed).canonical == sha256(DATA)
+    assert ing.stat(OTHER_REPO, sha256(DATA)).size == len(DATA)
+    with ing.open(OTHER_REPO, claimed) as blob:
+        assert blob.read() == DATA
+
+
+def test_offset_counts_staged_bytes_of_an_open_session_of_that_repository(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, _ = ingq
+    up = ing.start_upload(REPO)
+    up.write(DATA[:100])
+    up.close()
+    assert ing.offset(REPO, up.id) == 100
+    with pytest.raises(BlobUploadUnknown):
+        ing.offset(OTHER_REPO, up.id)
+    ing.finish(REPO, up.id, sha256(DATA[:100])).wait()
+    with pytest.raises(BlobUploadUnknown):  # committed: no longer a session
+        ing.offset(REPO, up.id)
+
+
+def test_cancel_by_another_repository_is_unknown_and_leaves_the_upload(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, _ = ingq
+    uid = _staged_upload(ing)
+    with pytest.raises(BlobUploadUnknown):
+        ing.cancel(uid, OTHER_REPO)
+    assert ing.offset(REPO, uid) == len(DATA)
+    ing.cancel(uid, REPO)
+    with pytest.raises(BlobUploadUnknown):
+        ing.offset(REPO, uid)
+
+
+def test_unlink_removes_one_repositorys_link_and_keeps_the_blob_for_others(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, _ = ingq
+    _commit(ing, DATA, sha256(DATA))
+    _commit(ing, DATA, sha256(DATA), repo=OTHER_REPO)
+    ing.unlink(REPO, parse_digest(sha256(DATA)))
+    with pytest.raises(BlobUnknown):
+        ing.stat(REPO, sha256(DATA))
+    assert ing.stat(OTHER_REPO, sha256(DATA)).size == len(DATA)
+
+
+def test_an_unsupported_tarsum_label_is_refused_at_finish_before_anything_is_queued(
+    ingq: tuple[Ingest, RecordingQueue],
+) -> None:
+    ing, queue = ingq
+    uid = _staged_upload(ing)
+    with pytest.raises(DigestInvalid) as err:
+        ing.finish(REPO, uid, "tarsum.v9+sha256:" + "0" * 64)
+    assert err.value.detail["reason"] == "tarsum-unsupported"
+    assert queue.calls == []
+    assert ing.status(uid).state == "open"

@@ -21,7 +21,7 @@ from ingest.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, S
 from ingest.storage.base import ObjectSealed, PathNotFound, StorageDriver
 from ingest.storage.filesystem import FilesystemDriver
 from ingest.storage.memory import MemoryDriver
-from ingest.uploads import UploadState
+from ingest.uploads import UploadState, Verification
 from tests.unit.fakes import DRIVER_KINDS, make_driver, make_ingest, sha256, sha512
 
 REPO = "library/ubuntu"
@@ -63,8 +63,8 @@ def test_commit_upload_run_twice_returns_the_identical_result_and_one_blob(
 ) -> None:
     ing, _ = make_ingest(driver)
     uid, tid = _finished(ing, DATA, sha256(DATA))
-    first = commit_upload(driver, uid, sha256(DATA), None, task_id=tid)
-    second = commit_upload(driver, uid, sha256(DATA), None, task_id=tid)
+    first = commit_upload(driver, uid, parse_digest(sha256(DATA)), None, task_id=tid)
+    second = commit_upload(driver, uid, parse_digest(sha256(DATA)), None, task_id=tid)
     assert first == second
     assert first["status"] == "committed"
     assert first["task_id"] == tid
@@ -85,13 +85,13 @@ def test_commit_completes_after_a_crash_between_the_move_and_the_links(
         uid,
         record,
         UploadState.VERIFIED,
-        verified={"canonical": canonical, "claimed": canonical, "size": len(DATA)},
+        verified=Verification(parse_digest(canonical), parse_digest(canonical), len(DATA)),
     )
     driver.move(paths.upload_data_path(uid), paths.blob_data_path(parse_digest(canonical)))
     with pytest.raises(PathNotFound):
         driver.get_content(paths.layer_link_path(REPO, parse_digest(canonical)))
 
-    result = commit_upload(driver, uid, canonical, None, task_id=tid)
+    result = commit_upload(driver, uid, parse_digest(canonical), None, task_id=tid)
     assert (result["status"], result["canonical_digest"], result["size"]) == (
         "committed",
         canonical,
@@ -112,9 +112,9 @@ def test_commit_completes_after_a_crash_right_after_verification(
         uid,
         record,
         UploadState.VERIFIED,
-        verified={"canonical": sha256(DATA), "claimed": sha512(DATA), "size": len(DATA)},
+        verified=Verification(parse_digest(sha256(DATA)), parse_digest(sha512(DATA)), len(DATA)),
     )
-    result = commit_upload(driver, uid, sha512(DATA), None, task_id=tid)
+    result = commit_upload(driver, uid, parse_digest(sha512(DATA)), None, task_id=tid)
     assert result["deduplicated"] is False
     _assert_committed_layout(driver, uid, DATA)
     assert (
@@ -129,7 +129,7 @@ def test_a_late_duplicate_task_with_another_task_id_is_superseded(
     ing, _ = make_ingest(driver)
     uid, tid = _finished(ing, DATA, sha256(DATA))
     with pytest.raises(BlobUploadInvalid) as info:
-        commit_upload(driver, uid, sha256(DATA), None, task_id="00000000-old-task")
+        commit_upload(driver, uid, parse_digest(sha256(DATA)), None, task_id="00000000-old-task")
     assert info.value.detail["reason"] == "superseded"
     record = ing.staging.state(uid)
     assert (record.state, record.task_id) == (UploadState.FINISHING, tid)
@@ -142,8 +142,8 @@ def test_a_late_duplicate_after_the_commit_gets_the_committed_result(
 ) -> None:
     ing, _ = make_ingest(driver)
     uid, tid = _finished(ing, DATA, sha256(DATA))
-    result = commit_upload(driver, uid, sha256(DATA), None, task_id=tid)
-    assert commit_upload(driver, uid, sha256(DATA), None, task_id="another") == result
+    result = commit_upload(driver, uid, parse_digest(sha256(DATA)), None, task_id=tid)
+    assert commit_upload(driver, uid, parse_digest(sha256(DATA)), None, task_id="another") == result
 
 
 def test_a_mismatch_is_recorded_as_failed_and_keeps_the_staged_data(
@@ -153,7 +153,7 @@ def test_a_mismatch_is_recorded_as_failed_and_keeps_the_staged_data(
     wrong = sha256(b"something else")
     uid, tid = _finished(ing, DATA, wrong)
     with pytest.raises(DigestInvalid) as info:
-        commit_upload(driver, uid, wrong, None, task_id=tid)
+        commit_upload(driver, uid, parse_digest(wrong), None, task_id=tid)
     detail = info.value.detail
     assert (detail["reason"], detail["claimed"], detail["computed"]) == (
         "mismatch",
@@ -173,7 +173,7 @@ def test_a_wrong_expected_size_is_recorded_as_size_invalid(driver: StorageDriver
     ing, _ = make_ingest(driver)
     uid, tid = _finished(ing, DATA, sha256(DATA))
     with pytest.raises(SizeInvalid) as info:
-        commit_upload(driver, uid, sha256(DATA), len(DATA) + 1, task_id=tid)
+        commit_upload(driver, uid, parse_digest(sha256(DATA)), len(DATA) + 1, task_id=tid)
     assert info.value.detail == {"claimed": len(DATA) + 1, "computed": len(DATA), "upload_id": uid}
     assert ing.staging.state(uid).state is UploadState.FAILED
 
@@ -184,7 +184,7 @@ def test_a_corrupt_blob_under_the_same_address_is_replaced_not_deduplicated(
     ing, _ = make_ingest(driver)
     driver.put_content(paths.blob_data_path(parse_digest(sha256(DATA))), b"damaged")
     uid, tid = _finished(ing, DATA, sha256(DATA))
-    result = commit_upload(driver, uid, sha256(DATA), None, task_id=tid)
+    result = commit_upload(driver, uid, parse_digest(sha256(DATA)), None, task_id=tid)
     assert result["deduplicated"] is False
     _assert_committed_layout(driver, uid, DATA)
 
@@ -194,13 +194,13 @@ def test_commit_of_an_unknown_or_malformed_upload_is_blob_upload_unknown(
     driver: StorageDriver, upload_id: str
 ) -> None:
     with pytest.raises(BlobUploadUnknown):
-        commit_upload(driver, upload_id, sha256(DATA))
+        commit_upload(driver, upload_id, parse_digest(sha256(DATA)))
 
 
 def test_mark_failed_never_overrides_a_committed_upload(driver: StorageDriver) -> None:
     ing, _ = make_ingest(driver)
     uid, tid = _finished(ing, DATA, sha256(DATA))
-    commit_upload(driver, uid, sha256(DATA), None, task_id=tid)
+    commit_upload(driver, uid, parse_digest(sha256(DATA)), None, task_id=tid)
     mark_failed(ing.staging, uid, DigestInvalid())
     assert ing.staging.state(uid).state is UploadState.COMMITTED
     mark_failed(ing.staging, "2b1c4f6e-8a3d-4e5f-9a0b-1c2d3e4f5a6b", DigestInvalid())
@@ -224,7 +224,7 @@ def test_progress_starts_at_zero_and_is_reported_at_most_once_a_second(
     commit_upload(
         driver,
         uid,
-        sha256(data),
+        parse_digest(sha256(data)),
         None,
         task_id=tid,
         chunk_size=1024,
@@ -254,7 +254,7 @@ def test_progress_is_reported_for_every_chunk_when_the_interval_is_zero(
         progress=lambda done, total: reports.append((done, total)),
     )
     assert reports == [(0, 10_000), (4096, 10_000), (8192, 10_000), (10_000, 10_000)]
-    assert (computed.canonical, computed.claimed, computed.size) == (
+    assert (str(computed.canonical), str(computed.computed), computed.size) == (
         sha256(data),
         sha256(data),
         10_000,
@@ -267,8 +267,8 @@ def test_compute_digests_returns_canonical_and_claimed_kind(
 ) -> None:
     driver.put_content("/staged/data", DATA)
     computed = compute_digests(driver, "/staged/data", parse_digest(claim(b"other")))
-    assert computed.canonical == sha256(DATA)
-    assert computed.claimed == claim(DATA)
+    assert str(computed.canonical) == sha256(DATA)
+    assert str(computed.computed) == claim(DATA)
     assert computed.size == len(DATA)
 
 
@@ -292,8 +292,8 @@ def test_compute_digests_memory_stays_flat_for_a_64_mib_blob(tmp_path: Path) -> 
     finally:
         tracemalloc.stop()
     assert computed.size == 64 << 20
-    assert computed.canonical == "sha256:" + h256.hexdigest()
-    assert computed.claimed == str(claim)
+    assert str(computed.canonical) == "sha256:" + h256.hexdigest()
+    assert computed.computed == claim
     assert peak < 8 << 20
 
 
@@ -322,12 +322,14 @@ def test_a_runner_racing_a_concurrent_commit_of_the_same_task_still_commits() ->
             uid,
             record,
             UploadState.VERIFIED,
-            verified={"canonical": sha256(DATA), "claimed": sha256(DATA), "size": len(DATA)},
+            verified=Verification(
+                parse_digest(sha256(DATA)), parse_digest(sha256(DATA)), len(DATA)
+            ),
         )
         driver.move(paths.upload_data_path(uid), paths.blob_data_path(parse_digest(sha256(DATA))))
 
     driver.before_reader = other_runner_verifies_and_moves
-    result = commit_upload(driver, uid, sha256(DATA), None, task_id=tid)
+    result = commit_upload(driver, uid, parse_digest(sha256(DATA)), None, task_id=tid)
     assert result["status"] == "committed"
     _assert_committed_layout(driver, uid, DATA)
 
@@ -343,7 +345,7 @@ def test_a_write_after_finish_is_refused_and_the_frozen_bytes_are_what_commits(
         late.write(b"late")
     with pytest.raises(ObjectSealed):
         driver.writer(paths.upload_data_path(uid), append=True)
-    result = commit_upload(driver, uid, sha256(DATA), None, task_id=tid)
+    result = commit_upload(driver, uid, parse_digest(sha256(DATA)), None, task_id=tid)
     assert result["size"] == len(DATA)
     assert driver.get_content(paths.blob_data_path(parse_digest(sha256(DATA)))) == DATA
 
@@ -357,7 +359,7 @@ def test_staged_data_replaced_after_finish_is_recorded_as_modified_and_can_be_re
     uid, tid = _finished(ing, DATA, sha256(DATA + b"late"))
     driver.put_content(paths.upload_data_path(uid), DATA + b"late")
     with pytest.raises(BlobUploadInvalid) as info:
-        commit_upload(driver, uid, sha256(DATA + b"late"), None, task_id=tid)
+        commit_upload(driver, uid, parse_digest(sha256(DATA + b"late")), None, task_id=tid)
     assert info.value.detail["reason"] == "modified"
     assert _blob_files(driver) == []
     assert ing.staging.state(uid).state is UploadState.FAILED
@@ -371,7 +373,7 @@ def test_small_blobs_send_no_start_progress_report(driver: StorageDriver) -> Non
     commit_upload(
         driver,
         uid,
-        sha256(DATA),
+        parse_digest(sha256(DATA)),
         None,
         task_id=tid,
         progress=lambda done, total: reports.append((done, total)),
@@ -385,13 +387,13 @@ def test_a_late_failure_report_of_an_old_attempt_does_not_clobber_a_retry(
     ing, _ = make_ingest(driver)
     uid, first_task = _finished(ing, DATA, sha256(b"wrong"))
     with pytest.raises(DigestInvalid) as failure:
-        commit_upload(driver, uid, sha256(b"wrong"), None, task_id=first_task)
+        commit_upload(driver, uid, parse_digest(sha256(b"wrong")), None, task_id=first_task)
     retry = ing.retry(uid, sha256(DATA))
     # The old attempt's failure bookkeeping arrives after the retry started.
     mark_failed(ing.staging, uid, failure.value, first_task)
     record = ing.staging.state(uid)
     assert record.state is UploadState.FINISHING
     assert record.task_id == retry.task_id
-    assert commit_upload(driver, uid, sha256(DATA), None, task_id=retry.task_id)["status"] == (
-        "committed"
-    )
+    assert commit_upload(driver, uid, parse_digest(sha256(DATA)), None, task_id=retry.task_id)[
+        "status"
+    ] == ("committed")

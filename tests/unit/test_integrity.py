@@ -75,7 +75,9 @@ def test_a_write_from_a_handle_opened_before_finish_is_refused_at_every_commit_s
             late.write(LATE)
         refusals.append(refused.value.code)
 
-    result = commit_upload(driver, up.id, claim, None, task_id=ticket.task_id, on_step=inject)
+    result = commit_upload(
+        driver, up.id, parse_digest(claim), None, task_id=ticket.task_id, on_step=inject
+    )
     late.close()
     assert refusals == ["BLOB_UPLOAD_INVALID"]  # the hook ran, and the write was refused
     assert result["size"] == len(DATA)
@@ -101,7 +103,9 @@ def test_a_handle_that_read_open_before_finish_but_writes_first_after_it_is_refu
                 stale.write(LATE)
             refusals.append(refused.value.code)
 
-    commit_upload(driver, up.id, sha256(DATA), None, task_id=ticket.task_id, on_step=inject)
+    commit_upload(
+        driver, up.id, parse_digest(sha256(DATA)), None, task_id=ticket.task_id, on_step=inject
+    )
     stale.close()
     assert refusals == ["BLOB_UPLOAD_INVALID"]
     _assert_committed_exactly(driver, ing, sha256(DATA))
@@ -115,7 +119,9 @@ def test_every_step_of_the_commit_is_reported_in_order(driver: StorageDriver) ->
     up.write(DATA)
     ticket = up.finish(sha512(DATA))
     seen: list[str] = []
-    commit_upload(driver, up.id, sha512(DATA), None, task_id=ticket.task_id, on_step=seen.append)
+    commit_upload(
+        driver, up.id, parse_digest(sha512(DATA)), None, task_id=ticket.task_id, on_step=seen.append
+    )
     assert tuple(seen) == STEPS
 
 

@@ -81,7 +81,7 @@ def test_every_request_line_of_an_upload_carries_its_upload_and_task_id(
     assert isinstance(access[-1]["duration_ms"], float)
 
 
-def test_celery_task_lines_outside_the_task_context_get_the_ids_from_their_data(
+def test_celery_task_lines_outside_the_task_context_get_the_task_id_from_their_data(
     captured: io.StringIO,
 ) -> None:
     uid = "0b6f3c1e-8a44-4d7e-9c55-3f1a2b4c5d6e"
@@ -92,4 +92,26 @@ def test_celery_task_lines_outside_the_task_context_get_the_ids_from_their_data(
     )
     (line,) = lines(captured)
     assert line["task_id"] == "t-9"
-    assert line["upload_id"] == uid
+    # Nothing is parsed out of the display string: the worker's own line binds them.
+    assert "upload_id" not in line
+
+
+def test_a_received_verification_is_logged_with_its_upload_and_task_ids(
+    captured: io.StringIO,
+) -> None:
+    from workers.app import log_received
+
+    uid = "0b6f3c1e-8a44-4d7e-9c55-3f1a2b4c5d6e"
+
+    class Received:
+        id = "t-10"
+        name = "ingest.verify_upload"
+        args = (uid, "sha256:" + "ab" * 32, None)
+
+    class Forged(Received):
+        args = ("../../etc", "x", None)
+
+    log_received(request=Received())
+    log_received(request=Forged())
+    (line,) = lines(captured)
+    assert (line["task_id"], line["upload_id"]) == ("t-10", uid)

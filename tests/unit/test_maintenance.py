@@ -18,7 +18,7 @@ from ingest.leases import LEASE_STALE, Lease, read_lease, write_lease
 from ingest.maintenance import purge_uploads, reconcile
 from ingest.queue import TaskInfo
 from ingest.storage.filesystem import FilesystemDriver
-from ingest.uploads import Staging, UploadState
+from ingest.uploads import Staging, UploadState, UploadWriter
 from tests.unit.fakes import make_ingest, sha256
 
 
@@ -72,7 +72,7 @@ def test_purge_dry_run_reports_without_removing(driver: FilesystemDriver) -> Non
     clock = Clock()
     staging = Staging(driver, clock=clock)
     info = staging.create("purge/c")
-    w = staging.open_writer(info.id)
+    w = UploadWriter(staging, info)
     w.write(b"x" * 1234)
     w.close()
     touch_data(driver, info.id, clock.now)
@@ -257,7 +257,10 @@ def test_commits_racing_purges_and_unlinks_never_leave_a_link_without_its_blob(
     t = threading.Thread(target=disturb)
     t.start()
     try:
-        results = [commit_upload(driver, uid, d, None, task_id=tid) for uid, d, tid, _ in jobs]
+        results = [
+            commit_upload(driver, uid, parse_digest(d), None, task_id=tid)
+            for uid, d, tid, _ in jobs
+        ]
     finally:
         stop.set()
         t.join()

@@ -14,6 +14,7 @@ from ingest import commit, paths, prehash
 from ingest.api import Ingest
 from ingest.commit import commit_upload
 from ingest.config import Settings
+from ingest.digests import parse_digest
 from ingest.errors import DigestInvalid, StorageUnavailable
 from ingest.leases import Lease, read_lease, write_lease
 from ingest.prehash import Prehashed, await_prehash, prehash_upload, read_prehash
@@ -110,7 +111,7 @@ def test_the_commit_takes_the_prehash_instead_of_reading_the_bytes_again(
         raise AssertionError("the staged bytes were read again")
 
     monkeypatch.setattr(commit, "compute_digests", no_second_read)
-    result = commit_upload(driver, uid, sha256(DATA))
+    result = commit_upload(driver, uid, parse_digest(sha256(DATA)))
     assert result["prehashed"] is True
     assert result["canonical_digest"] == sha256(DATA)
     with ing.open(REPO, sha256(DATA)) as blob:
@@ -124,7 +125,7 @@ def test_a_wrong_claim_is_judged_by_a_full_read_and_a_corrected_retry_commits(
     ing, uid, clock = _growing_upload(driver, wrong)
     _run(driver, uid, clock)
     with pytest.raises(DigestInvalid) as exc:
-        commit_upload(driver, uid, wrong)
+        commit_upload(driver, uid, parse_digest(wrong))
     assert exc.value.detail["computed"] == sha256(DATA)
     assert ing.staging.state(uid).state is UploadState.FAILED
     # A rejection drops the record: the retry reads the bytes again.
@@ -141,7 +142,7 @@ def test_only_agreement_is_taken_from_the_record(driver: StorageDriver) -> None:
     # A record that disagrees with the claim (say the staged bytes were repaired
     # after it was taken): the full pass decides, and the record is dropped.
     _record(driver, up.id, len(DATA), sha256(b"x"))
-    result = commit_upload(driver, up.id, sha256(DATA))
+    result = commit_upload(driver, up.id, parse_digest(sha256(DATA)))
     assert result["prehashed"] is False
     assert read_prehash(driver, up.id) is None
 
@@ -155,7 +156,7 @@ def test_a_record_of_another_size_is_ignored_and_the_bytes_are_read(driver: Stor
         paths.upload_prehash_path(up.id),
         json.dumps({"size": len(DATA) - 1, "digest": sha256(DATA[:-1])}).encode(),
     )
-    result = commit_upload(driver, up.id, sha256(DATA))
+    result = commit_upload(driver, up.id, parse_digest(sha256(DATA)))
     assert result["prehashed"] is False
 
 
@@ -165,7 +166,7 @@ def test_a_non_sha256_claim_does_not_use_the_prehash(driver: StorageDriver) -> N
     claim = "sha512:" + hashlib.sha512(DATA).hexdigest()
     _ing, uid, clock = _growing_upload(driver, claim)
     assert _run(driver, uid, clock)["status"] == "hashed"
-    result = commit_upload(driver, uid, claim)
+    result = commit_upload(driver, uid, parse_digest(claim))
     assert result["prehashed"] is False
     assert result["canonical_digest"] == sha256(DATA)
 
@@ -347,7 +348,7 @@ def test_zero_disables_it(driver: StorageDriver) -> None:
 
 def test_a_broker_failure_does_not_fail_the_write(driver: StorageDriver) -> None:
     class Down(RecordingQueue):
-        def enqueue_prehash(self, upload_id: str, *, time_limit: int) -> None:
+        def enqueue_prehash(self, upload_id: str) -> None:
             raise StorageUnavailable("broker down")
 
     ing = Ingest(driver, Down(driver), Settings(prehash_min_size=10))

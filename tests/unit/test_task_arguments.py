@@ -30,7 +30,7 @@ from ingest.config import Settings
 from ingest.errors import ArgumentInvalid, from_dict
 from ingest.maintenance import purge_uploads, reconcile
 from ingest.storage.filesystem import FilesystemDriver
-from ingest.uploads import Staging, UploadState
+from ingest.uploads import Staging, UploadState, UploadWriter
 from tests.unit.fakes import make_ingest, sha256, worker_settings
 from workers import tasks
 
@@ -137,7 +137,7 @@ def idle_uploads(driver: FilesystemDriver, n: int) -> list[str]:
     ids = []
     for _ in range(n):
         info = staging.create("args/purge")
-        w = staging.open_writer(info.id)
+        w = UploadWriter(staging, info)
         w.write(b"live bytes")
         w.close()
         ids.append(info.id)
@@ -230,6 +230,8 @@ def finishing(driver: FilesystemDriver, data: bytes) -> tuple[str, str]:
         (("{uid}", "sha256:garbage"), {}, "digest"),
         (("{uid}", "{digest}", -5), {}, "size"),
         (("{uid}", "{digest}", None), {"repository": "../../etc"}, "repository"),
+        (("{uid}", "{digest}", None), {"staged_size": "1"}, "staged_size"),
+        (("{uid}", "{digest}", None), {"staged_size": -1}, "staged_size"),
         (("{uid}", "{digest}", None, None, "extra"), {}, "*"),
         (("{uid}", "{digest}"), {"now": 1}, "*"),
         (("{uid}",), {}, "*"),

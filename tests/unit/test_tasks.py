@@ -150,3 +150,62 @@ def test_a_digest_mismatch_fails_once_without_retrying(storage: FilesystemDriver
     assert res.result.detail["claimed"] == "sha256:" + "0" * 64
     assert Staging(storage).state(uid).state is UploadState.FAILED
     assert (storage.root / "uploads" / uid / "data").exists()
+
+
+def _received(task: Any, kwargs: dict[str, Any], **headers: Any) -> Any:
+    """The request a worker builds for a message to ``task`` (protocol 2)."""
+    from celery.contrib.testing.mocks import TaskMessage
+
+    message = TaskMessage(task.name, args=("0" * 8,), kwargs=kwargs, **headers)
+    return tasks.PolicyRequest(message, app=app, task=task)
+
+
+@pytest.mark.parametrize("staged_size", [0, 1 << 20, 3 << 30, None, "huge", -1])
+def test_the_worker_sets_a_verifications_time_limits_from_its_staged_size(
+    staged_size: object,
+) -> None:
+    settings = app.conf.ingest_settings
+    # Whatever the sender put in the headers, the worker's policy decides.
+    req = _received(tasks.verify_upload, {"staged_size": staged_size}, timelimit=(999_999, 999_998))
+    size = staged_size if isinstance(staged_size, int) and staged_size >= 0 else None
+    hard = settings.time_limit(size)
+    assert req.time_limits == (hard, tasks.soft_limit(hard))
+    assert hard <= settings.max_time_limit()
+    assert req.time_limits[1] < req.time_limits[0]
+
+
+def test_other_tasks_get_their_base_class_time_limits() -> None:
+    settings = app.conf.ingest_settings
+    fsck = _received(tasks.fsck_share, {}, timelimit=(5, 4))
+    assert fsck.time_limits[0] == settings.fsck_time_limit()
+    prehash = _received(tasks.prehash, {}, timelimit=(5, 4))
+    assert prehash.time_limits[0] == settings.max_time_limit()
+    assert tasks.prehash.max_duration() < prehash.time_limits[1]
+
+
+def test_each_task_takes_its_policy_from_its_base_class() -> None:
+    assert (tasks.verify_upload.acks_late, tasks.verify_upload.reject_on_worker_lost) == (
+        True,
+        True,
+    )
+    assert tasks.verify_upload.max_retries == app.conf.ingest_settings.task_max_retries
+    assert tasks.verify_upload.autoretry_for == (StorageUnavailable,)
+    assert (tasks.prehash.acks_late, tasks.prehash.max_retries) == (False, 0)
+    assert (tasks.fsck_share.acks_late, tasks.fsck_share.max_retries) == (False, 0)
+    assert tasks.reconcile_uploads.acks_late is True
+    for task in (
+        tasks.verify_upload,
+        tasks.prehash,
+        tasks.fsck_share,
+        tasks.purge_abandoned_uploads,
+    ):
+        assert task.Request == "workers.tasks:PolicyRequest"
+
+
+def test_the_injected_backends_leave_celerys_own_task_attributes_alone() -> None:
+    # Celery reads ``queue`` (routing), ``name``, ``request``...: a property shadowing
+    # one breaks every send through the task object (beat sends that way).
+    for task in (tasks.verify_upload, tasks.reconcile_uploads, tasks.fsck_share):
+        assert getattr(task, "queue", None) is None
+        route = app.amqp.router.route({}, task.name)
+        assert route["queue"].name in ("verify", "maintenance")
