@@ -155,9 +155,9 @@ def test_flower_shows_verifications_with_readable_args_errors_and_metrics(
         # Readable arguments: the argsrepr/kwargsrepr the sender sets, not a tuple.
         ok_info, bad_info = infos[ok_ticket.task_id], infos[bad_ticket.task_id]
         assert ok_info["args"] == f"upload={ok.id} digest={sha256(good)} size=None"
-        assert ok_info["kwargs"] == "repository=flower/ok"
+        assert ok_info["kwargs"] == f"staged_size={len(good)} repository=flower/ok"
         assert bad_info["args"] == f"upload={bad.id} digest={wrong} size=None"
-        assert bad_info["kwargs"] == "repository=flower/bad"
+        assert bad_info["kwargs"] == f"staged_size={len(bad_data)} repository=flower/bad"
         assert ok_info["exception"] is None
         assert ok.id in str(ok_info["result"])
 
