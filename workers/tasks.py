@@ -97,7 +97,11 @@ class PolicyRequest(Request):
         super().__init__(*args, **kwargs)
         task = self.task
         if isinstance(task, CheckedTask):
-            hard = task.time_limits(self.kwargs if isinstance(self.kwargs, dict) else {})
+            try:
+                kwargs = self.kwargs if isinstance(self.kwargs, dict) else {}
+            except Exception:  # noqa: BLE001 - a body that does not decode: its task refuses it
+                kwargs = {}
+            hard = task.time_limits(kwargs)
             self.time_limits = (hard, soft_limit(hard))
 
 
