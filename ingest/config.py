@@ -100,6 +100,18 @@ COUNT: Kind[int] = Kind("integer", units.parse_count, str)
 NUMBER: Kind[float] = Kind("number", units.parse_number, units.format_number)
 BOOL: Kind[bool] = Kind("boolean", units.parse_bool, units.format_bool)
 MODE: Kind[int] = Kind("octal mode", units.parse_mode, units.format_mode)
+#: The authentication modes; unset ("") is allowed here and refused by `ingest serve`.
+AUTH_MODES = ("none", "htpasswd", "token")
+
+
+def _parse_auth(text: str) -> str:
+    value = text.strip().lower()
+    if value and value not in AUTH_MODES:
+        raise ValueError(f"must be none, htpasswd or token, not {text!r}")
+    return value
+
+
+AUTH: Kind[str] = Kind("`none`, `htpasswd` or `token`", _parse_auth, str)
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +384,74 @@ class Settings:
         "logging: `json` lines with `upload_id`/`task_id`, or `text`",
     )
 
+    # -- access control and transport (the HTTP frontend) ------------------------------
+    auth: str = _setting(
+        AUTH,
+        "",
+        "how the HTTP frontend authenticates: `htpasswd` (Basic, bcrypt entries), `token` "
+        "(Bearer JWTs of the Docker token protocol) or `none` (open: for demos and tests "
+        "only, logged loudly). Required by `ingest serve`",
+        shown_default="unset",
+    )
+    auth_realm: str = _setting(
+        NAME, "verified-ingest", "the realm of the `Basic` challenge (htpasswd)"
+    )
+    auth_htpasswd: str = _setting(
+        PATH,
+        "",
+        "htpasswd file (bcrypt entries only), re-read when it changes",
+        shown_default="none",
+    )
+    auth_token_realm: str = _setting(
+        URL,
+        "",
+        "token: where clients get a token (the `realm` of the `Bearer` challenge)",
+        shown_default="none",
+    )
+    auth_token_service: str = _setting(
+        NAME,
+        "",
+        "token: this registry's service name, the tokens' required audience",
+        shown_default="none",
+    )
+    auth_token_issuer: str = _setting(
+        NAME, "", "token: the required issuer (`iss`) of tokens", shown_default="none"
+    )
+    auth_token_certs: str = _setting(
+        PATH,
+        "",
+        "token: PEM bundle of the issuer's certificates or public keys that may sign tokens",
+        shown_default="none",
+    )
+    auth_token_jwks: str = _setting(
+        PATH,
+        "",
+        "token: a JWKS file of signing keys (with, or instead of, the PEM bundle)",
+        shown_default="none",
+    )
+    delete_enabled: bool = _setting(
+        BOOL, False, "whether DELETE of blobs and manifests is allowed (else 405 `UNSUPPORTED`)"
+    )
+    read_only: bool = _setting(
+        BOOL,
+        False,
+        "maintenance mode: every write answers 405 `UNSUPPORTED`, pulls keep working",
+    )
+    tls_cert: str = _setting(
+        PATH,
+        "",
+        "certificate chain (PEM) `ingest serve` presents; with `INGEST_TLS_KEY`",
+        shown_default="none",
+    )
+    tls_key: str = _setting(
+        PATH, "", "private key (PEM) of `INGEST_TLS_CERT`", shown_default="none"
+    )
+    debug_addr: str = _setting(
+        NAME,
+        "127.0.0.1:5001",
+        "`host:port` of the separate listener for `/metrics` and `/health` (empty: none)",
+    )
+
     def __post_init__(self) -> None:
         # Empty broker/backend fall back to the Redis URL.
         if not self.broker_url:
@@ -388,6 +468,7 @@ class Settings:
                     raise ConfigError(str(exc), d.field) from None
             if (problem := d.problem(value)) is not None:
                 raise ConfigError(problem, d.field)
+        self._check_auth()
         if self.visibility_timeout == 0:
             # As short as is safe: recovery from a dead worker waits this long.
             object.__setattr__(self, "visibility_timeout", self.max_time_limit() + 60)
@@ -397,6 +478,26 @@ class Settings:
                 f"({self.max_time_limit()} s for the maximum blob size), or Redis would "
                 "redeliver tasks that are still running",
                 "visibility_timeout",
+            )
+
+    def _check_auth(self) -> None:
+        needs: dict[str, tuple[str, ...]] = {
+            "htpasswd": ("auth_htpasswd",),
+            "token": ("auth_token_realm", "auth_token_service", "auth_token_issuer"),
+        }
+        for name in needs.get(self.auth, ()):
+            if not getattr(self, name):
+                raise ConfigError(f"must be set when INGEST_AUTH={self.auth}", name)
+        if self.auth == "token" and not (self.auth_token_certs or self.auth_token_jwks):
+            raise ConfigError(
+                "INGEST_AUTH=token needs the keys that may sign tokens: "
+                "INGEST_AUTH_TOKEN_CERTS or INGEST_AUTH_TOKEN_JWKS",
+                "auth_token_certs",
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError(
+                "INGEST_TLS_CERT and INGEST_TLS_KEY go together",
+                "tls_key" if self.tls_cert else "tls_cert",
             )
 
     def _check_redis(self) -> None:

@@ -22,6 +22,8 @@ HTTP status it maps to, and whether retrying the same operation can succeed::
     │   ├── ManifestUnknown          MANIFEST_UNKNOWN      404
     │   ├── Unsupported              UNSUPPORTED           405
     │   │   └── ArgumentInvalid      UNSUPPORTED           400
+    │   ├── Unauthorized             UNAUTHORIZED          401
+    │   ├── Denied                   DENIED                403
     │   └── TooManyRequests          TOOMANYREQUESTS       429  yes
     └── ServerError                  (5xx: ours, not the client's)
         ├── StorageUnavailable       UNAVAILABLE           503  yes
@@ -51,6 +53,7 @@ __all__ = [
     "BlobUploadInvalid",
     "BlobUploadUnknown",
     "ClientError",
+    "Denied",
     "DigestInvalid",
     "IngestError",
     "ManifestBlobUnknown",
@@ -65,6 +68,7 @@ __all__ = [
     "TarSumUnsupported",
     "TooLarge",
     "TooManyRequests",
+    "Unauthorized",
     "Unknown",
     "Unsupported",
     "UploadClosed",
@@ -261,6 +265,26 @@ class ArgumentInvalid(Unsupported):
 
     http_status = 400
     default_message = "invalid argument"
+
+
+class Unauthorized(ClientError):
+    """The request carries no credentials, or credentials that do not authenticate
+    (a wrong password, a token that is expired, for another audience, or badly
+    signed), or a token without the scope the request needs. The HTTP frontend
+    answers with the ``WWW-Authenticate`` challenge of its authentication mode;
+    ``detail["reason"]`` says which case it is, never whether a secret was close."""
+
+    code = "UNAUTHORIZED"
+    http_status = 401
+    default_message = "authentication required"
+
+
+class Denied(ClientError):
+    """Authenticated, but the requested access to the resource is not granted."""
+
+    code = "DENIED"
+    http_status = 403
+    default_message = "requested access to the resource is denied"
 
 
 class TooManyRequests(ClientError):

@@ -304,7 +304,12 @@ def test_every_kind_has_its_settings() -> None:
     # The property tests below would pass vacuously over an empty list.
     assert {d.field for d in SIZES} >= {"max_blob_size", "verify_min_rate", "fsck_budget"}
     assert {d.field for d in DURATIONS} >= {"purge_age", "result_expires", "visibility_timeout"}
-    assert {d.field for d in BOOLEANS} == {"fsck_repair", "staging_fsync"}
+    assert {d.field for d in BOOLEANS} == {
+        "fsck_repair",
+        "staging_fsync",
+        "delete_enabled",
+        "read_only",
+    }
 
 
 def test_integer_durations_take_units_now() -> None:
@@ -473,3 +478,42 @@ def test_the_command_prints_the_settings_masked_or_names_the_bad_variable(
     assert "INGEST_MAX_BLOB_SIZE: ambiguous" in capsys.readouterr().err
     assert config_main(["--markdown"]) == 0
     assert capsys.readouterr().out == render_markdown()
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"INGEST_AUTH": "htpasswd"}, "INGEST_AUTH_HTPASSWD"),
+        (
+            {
+                "INGEST_AUTH": "token",
+                "INGEST_AUTH_TOKEN_SERVICE": "s",
+                "INGEST_AUTH_TOKEN_ISSUER": "i",
+            },
+            "INGEST_AUTH_TOKEN_REALM",
+        ),
+        (
+            {
+                "INGEST_AUTH": "token",
+                "INGEST_AUTH_TOKEN_REALM": "https://auth.example/token",
+                "INGEST_AUTH_TOKEN_SERVICE": "s",
+                "INGEST_AUTH_TOKEN_ISSUER": "i",
+            },
+            "INGEST_AUTH_TOKEN_CERTS",
+        ),
+        ({"INGEST_TLS_CERT": "/etc/cert.pem"}, "INGEST_TLS_KEY"),
+        ({"INGEST_AUTH": "ldap"}, "INGEST_AUTH"),
+    ],
+)
+def test_an_incomplete_auth_or_tls_setup_is_a_config_error_naming_what_is_missing(
+    env: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env(env)
+
+
+def test_auth_is_unset_by_default_and_any_case_of_a_mode_is_accepted() -> None:
+    assert Settings().auth == ""
+    assert Settings.from_env({"INGEST_AUTH": "None"}).auth == "none"
+    assert not Settings().delete_enabled
+    assert not Settings().read_only
