@@ -2,16 +2,19 @@
 
 Every process has one composition root -- ``Ingest.from_settings`` (the Python API,
 the HTTP frontend, the CLI) and ``workers.app`` (the Celery worker) -- and each
-asks this module for its storage driver and task queue, then injects them.
+asks this module for its storage driver and task queue, then injects them; the HTTP
+frontend asks it for its :func:`authenticator` too.
 Nothing else constructs a concrete driver or queue, so adding a backend means
 registering it in :data:`STORAGE_DRIVERS` and nothing more.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ingest.auth import Authenticator
 from ingest.config import ConfigError, Settings
 from ingest.queue import CeleryTaskQueue, TaskQueue
 from ingest.storage.base import StorageDriver
@@ -19,7 +22,9 @@ from ingest.storage.base import StorageDriver
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["STORAGE_DRIVERS", "storage_driver", "task_queue"]
+__all__ = ["STORAGE_DRIVERS", "authenticator", "storage_driver", "task_queue"]
+
+log = logging.getLogger(__name__)
 
 
 def _filesystem(settings: Settings) -> StorageDriver:
@@ -59,3 +64,33 @@ def task_queue(settings: Settings, app: Celery | None = None) -> TaskQueue:
         settings.visibility_timeout,
         settings.redis_ssl_options(),
     )
+
+
+def authenticator(settings: Settings) -> Authenticator:
+    """The authentication mode ``settings.auth`` names (``INGEST_AUTH``), built from
+    its settings; ConfigError if it is unset (the HTTP frontend calls this at start-up,
+    so an unconfigured frontend refuses to start) or its files will not do. Imports
+    are local: only the mode in use loads bcrypt or PyJWT."""
+    if settings.auth == "none":
+        from ingest.auth.none import NoAuth
+
+        log.warning(
+            "INGEST_AUTH=none: authentication is OFF: anyone who reaches this port can "
+            "push, pull and delete"
+        )
+        return NoAuth()
+    if settings.auth == "htpasswd":
+        from ingest.auth.htpasswd import HtpasswdAuth
+
+        return HtpasswdAuth(settings.auth_htpasswd, settings.auth_realm)
+    if settings.auth == "token":
+        from ingest.auth.token import TokenAuth
+
+        return TokenAuth(
+            settings.auth_token_realm,
+            settings.auth_token_service,
+            settings.auth_token_issuer,
+            settings.auth_token_certs,
+            settings.auth_token_jwks,
+        )
+    raise ConfigError("INGEST_AUTH must be set: none, htpasswd or token", "auth")

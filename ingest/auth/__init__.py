@@ -12,6 +12,14 @@ the ``Authorization`` header belongs to, and checks the :class:`Identity`'s gran
   issuer, for this service (audience), in its validity window; the grants are the
   token's ``access`` claims.
 
+The modes live in ``ingest.auth.none``, ``.htpasswd`` and ``.token`` (keys: ``.keys``),
+built from the settings by :func:`ingest.backends.authenticator`. A failure's
+``detail["reason"]`` is one of: ``scheme`` (another scheme than the mode's, which
+RFC 6750 treats like no credentials: no ``error`` in a Bearer challenge, see
+:func:`ingest.auth.token.bearer_error`), ``malformed``, ``invalid-credentials``
+(htpasswd), and for tokens ``algorithm``, ``unknown-key``, ``signature``, ``expired``,
+``not-yet-valid``, ``audience``, ``issuer``.
+
 Scopes follow the token specification: ``repository:<name>:<actions>`` with actions
 ``pull``, ``push``, ``delete`` (``*`` for all), and ``registry:catalog:*`` for
 ``/v2/_catalog``.
@@ -29,6 +37,7 @@ __all__ = [
     "Access",
     "Authenticator",
     "Identity",
+    "bearer_error",
 ]
 
 #: Every action a grant may name; ``*`` grants them all.
@@ -72,6 +81,17 @@ class Identity:
 
     def allows_all(self, wanted: Iterable[Access]) -> bool:
         return all(self.allows(w) for w in wanted)
+
+
+def bearer_error(reason: str | None) -> str | None:
+    """The ``error`` parameter of a Bearer challenge after a failure with ``reason``
+    (RFC 6750 §3.1): none when the request carried no Bearer token at all (no
+    header, or another scheme: distribution answers those alike), ``invalid_token``
+    for a token that does not verify. ``insufficient_scope`` is for the caller to
+    use when a valid token lacks a grant."""
+    if reason is None or reason == "scheme":
+        return None
+    return "invalid_token"
 
 
 #: An anonymous request: no grants.

@@ -1,0 +1,1 @@
+"""Helpers shared by the unit and the integration tests (not shipped)."""
