@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ingest import backends, maintenance
+from ingest import backends, catalog, health, maintenance
 from ingest.attempts import Liveness, liveness
 from ingest.blobs import BlobInfo, BlobReader, BlobStore
 from ingest.config import Settings
@@ -411,6 +411,11 @@ class Ingest:
             error,
         )
 
+    def upload_repository(self, upload_id: str) -> str:
+        """The repository an upload belongs to (BlobUploadUnknown if there is no such
+        upload): what a frontend checks a caller's access against before it touches it."""
+        return self.staging.info(upload_id).repository
+
     def cancel(self, upload_id: str, repository: str | None = None) -> None:
         """Discard the upload and its staged bytes; BlobUploadUnknown if it does not
         exist, or (with ``repository``) belongs to another repository."""
@@ -441,6 +446,13 @@ class Ingest:
             self.blobs.link(repository, digest, canonical)
         return True
 
+    # -- catalog ----------------------------------------------------------------------
+
+    def repositories(self, n: int, last: str | None = None) -> list[str]:
+        """Up to ``n`` repository names after ``last``, in lexical order: one page of
+        the catalog (:mod:`ingest.catalog`)."""
+        return catalog.repositories(self.driver, n, last)
+
     # -- housekeeping (the CLI's; workers run the same core functions on a schedule) --
 
     def failed_uploads(
@@ -470,6 +482,19 @@ class Ingest:
             limits=self.verifier_limits,
             chunk_size=self.settings.verify_chunk,
             heartbeat=heartbeat,
+        )
+
+    def health(
+        self,
+        *,
+        broker_timeout: float = health.BROKER_TIMEOUT,
+        worker_timeout: float = health.WORKER_TIMEOUT,
+    ) -> health.HealthReport:
+        """Whether a push could go through now: the broker answers, the storage takes a
+        write and gives it back, a worker answers a ping (:mod:`ingest.health`). Blocks
+        for at most the longer timeout plus a second."""
+        return health.run_checks(
+            self.driver, self.queue, broker_timeout=broker_timeout, worker_timeout=worker_timeout
         )
 
     def unlink(self, repository: str, digest: Digest) -> None:

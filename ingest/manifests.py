@@ -134,7 +134,9 @@ class ManifestStore:
             self.driver.put_content(
                 paths.manifest_tag_link_path(repository, reference), str(digest).encode()
             )
-        return Manifest(str(digest), media_type, body)
+        # Put by digest, the manifest is known by the digest the client chose (a sha512
+        # push is answered in sha512, as ``get`` answers it); by tag, by its sha256.
+        return Manifest(str(revisions[-1]), media_type, body)
 
     def _subject(self, doc: dict[str, Any]) -> Digest | None:
         subject = doc.get("subject")

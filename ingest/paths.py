@@ -26,6 +26,8 @@ The layout, below the driver's root::
     /quarantine/<id>/record.json                        what fsck found and repaired
     /quarantine/<id>/data                               a blob fsck moved out of /blobs
     /maintenance/fsck.json                              the scheduled fsck's cursor and passes
+    /health/<uuid>                                      a frontend's storage probe (/health):
+                                                        written, read back, deleted at once
 
 This module is the only place a key is spelled, and the only place one is taken
 apart again: every other module builds keys with the functions below and reads
@@ -66,6 +68,7 @@ __all__ = [
     "blobs_root",
     "entry_name",
     "fsck_state_path",
+    "health_probe_path",
     "layer_link_dir",
     "layer_link_path",
     "layers_dir",
@@ -78,6 +81,7 @@ __all__ = [
     "manifest_tag_link_path",
     "manifest_tags_dir",
     "parse_referrer_link",
+    "parse_repository_dir",
     "parse_repository_link",
     "parse_tag_link",
     "quarantine_data_path",
@@ -85,6 +89,7 @@ __all__ = [
     "quarantine_record_path",
     "quarantine_root",
     "repositories_root",
+    "repository_content_dirs",
     "repository_dir",
     "upload_data_path",
     "upload_dir",
@@ -185,6 +190,28 @@ def layer_link_path(repository: str, digest: Digest) -> str:
 
 def _manifests_dir(repository: str) -> str:
     return repository_dir(repository) + "/_manifests"
+
+
+def repository_content_dirs(repository: str) -> tuple[str, str]:
+    """The directories whose presence makes :func:`repository_dir` a repository (its
+    layer links, its manifests) rather than only the parent of nested names' directories
+    (``library`` of ``library/ubuntu``). A directory may be both."""
+    return layers_dir(repository), _manifests_dir(repository)
+
+
+def parse_repository_dir(path: str) -> str | None:
+    """The inverse of :func:`repository_dir`: the repository name whose directory
+    ``path`` is (a child a listing of :func:`repositories_root` or of a repository
+    directory returned), or None for anything else (``_layers``, temporary files,
+    anything malformed). Never raises; ``repository_dir`` of the result is exactly
+    ``path``."""
+    if not isinstance(path, str) or not path.startswith(_REPOSITORIES + "/"):
+        return None
+    name = path[len(_REPOSITORIES) + 1 :]
+    try:
+        return name if repository_dir(name) == path else None
+    except IngestError:
+        return None
 
 
 def manifest_revision_dir(repository: str, digest: Digest) -> str:
@@ -424,3 +451,12 @@ def quarantine_data_path(quarantine_id: str) -> str:
 def fsck_state_path() -> str:
     """The scheduled fsck's cursor and pass history (in storage: survives Redis)."""
     return "/maintenance/fsck.json"
+
+
+def health_probe_path(probe_id: str) -> str:
+    """A storage probe of the debug listener's ``/health``: each check writes a small
+    object under a fresh UUID4 (so concurrent probes never collide), reads it back
+    and deletes it. Nothing else reads ``/health``."""
+    if not isinstance(probe_id, str) or not _UUID4_RE.fullmatch(probe_id):
+        raise ValueError(f"invalid health probe id: {str(probe_id)[:80]!r}")
+    return f"/health/{probe_id}"

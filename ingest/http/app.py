@@ -5,6 +5,10 @@ the :class:`~ingest.api.Ingest` facade from ``app.state`` (:mod:`ingest.http.com
 and reach the core through it alone.
 Blob uploads are finished through the Celery verification task (via the queue
 seam); waiting for its result is a pub/sub wait on the event loop.
+
+Every route passes :func:`ingest.http.access.authorize` before its handler runs:
+who is asking (the configured :class:`~ingest.auth.Authenticator`), whether they may
+(the route's scope), and the read-only and delete switches.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest import logs
+from ingest import backends, logs
 from ingest.api import Ingest
+from ingest.auth import Authenticator
 from ingest.config import Settings
 from ingest.errors import IngestError
-from ingest.http import blobs, ingest_api, manifests, metrics, uploads
+from ingest.http import blobs, catalog, ingest_api, manifests, metrics, uploads
+from ingest.http.access import Audit, Policy, Resource, audit_var, authorize
 from ingest.http.errors import http_error, ingest_error, unexpected_error
 
 log = logging.getLogger("ingest.http.access")
@@ -61,14 +67,18 @@ class _VersionHeader:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _by_method(path: str, handlers: dict[str, Handler]) -> Route:
+def _by_method(path: str, resource: Resource, handlers: dict[str, Handler]) -> Route:
     """One route per path, dispatching on the method, so a 405 lists every
-    method the path supports in its Allow header."""
+    method the path supports in its Allow header. The request is authorised
+    (:func:`~ingest.http.access.authorize`) before its handler reads anything."""
 
     async def dispatch(request: Request) -> Response:
         method = request.method
         handler = handlers.get(method) or (handlers.get("GET") if method == "HEAD" else None)
         assert handler is not None  # Route already answered 405 otherwise
+        refusal = await authorize(request, resource, handlers)
+        if refusal is not None:
+            return refusal
         return await handler(request)
 
     return Route(path, dispatch, methods=list(handlers))
@@ -77,10 +87,12 @@ def _by_method(path: str, handlers: dict[str, Handler]) -> Route:
 def routes() -> list[Route]:
     n = "/v2/{name:path}"
     return [
-        Route("/v2/", version_check, methods=["GET", "HEAD"]),
-        _by_method(f"{n}/blobs/uploads/", {"POST": uploads.start_upload}),
+        _by_method("/v2/", Resource.BASE, {"GET": version_check}),
+        _by_method("/v2/_catalog", Resource.CATALOG, {"GET": catalog.list_repositories}),
+        _by_method(f"{n}/blobs/uploads/", Resource.UPLOADS, {"POST": uploads.start_upload}),
         _by_method(
             f"{n}/blobs/uploads/{{upload_id}}",
+            Resource.UPLOAD,
             {
                 "PATCH": uploads.patch_upload,
                 "PUT": uploads.put_upload,
@@ -90,10 +102,12 @@ def routes() -> list[Route]:
         ),
         _by_method(
             f"{n}/blobs/{{digest}}",
+            Resource.BLOB,
             {"HEAD": blobs.head_blob, "GET": blobs.get_blob, "DELETE": blobs.delete_blob},
         ),
         _by_method(
             f"{n}/manifests/{{reference}}",
+            Resource.MANIFEST,
             {
                 "PUT": manifests.put_manifest,
                 "GET": manifests.get_manifest,
@@ -101,16 +115,31 @@ def routes() -> list[Route]:
                 "DELETE": manifests.delete_manifest,
             },
         ),
-        _by_method(f"{n}/tags/list", {"GET": manifests.list_tags}),
-        _by_method(f"{n}/referrers/{{digest}}", {"GET": manifests.list_referrers}),
-        _by_method("/ingest/v1/uploads/{upload_id}", {"GET": ingest_api.upload_status}),
-        _by_method("/ingest/v1/uploads/{upload_id}/retry", {"POST": ingest_api.retry_upload}),
-        _by_method("/ingest/v1/openapi.json", {"GET": ingest_api.openapi}),
+        _by_method(f"{n}/tags/list", Resource.TAGS, {"GET": manifests.list_tags}),
+        _by_method(
+            f"{n}/referrers/{{digest}}", Resource.REFERRERS, {"GET": manifests.list_referrers}
+        ),
+        _by_method(
+            "/ingest/v1/uploads/{upload_id}",
+            Resource.UPLOAD_STATUS,
+            {"GET": ingest_api.upload_status},
+        ),
+        _by_method(
+            "/ingest/v1/uploads/{upload_id}/retry",
+            Resource.UPLOAD_RETRY,
+            {"POST": ingest_api.retry_upload},
+        ),
+        _by_method("/ingest/v1/openapi.json", Resource.PUBLIC, {"GET": ingest_api.openapi}),
     ]
 
 
 class _AccessLog:
-    """One structured log line per request, with the upload and task ids it touched."""
+    """One structured log line per request: the audit trail. Who (``subject``, ``""``
+    when anonymous; ``auth_error`` when credentials did not authenticate), from where
+    (``client``), what (``method``, ``path``, ``repository``, ``action``: login,
+    catalog, pull, push, delete, public), the outcome (``status``), the body bytes
+    received and sent (``bytes_in``, ``bytes_out``), ``duration_ms``, and the upload
+    and task ids it touched."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -120,38 +149,68 @@ class _AccessLog:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = {"code": 500}
+        seen = {"status": 500, "in": 0, "out": 0}
+        audit = Audit()
+        token = audit_var.set(audit)
 
-        async def capture(message: Message) -> None:
+        async def counted(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                seen["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                seen["out"] += len(message.get("body", b""))
             await send(message)
 
+        async def counting() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                seen["in"] += len(message.get("body", b""))
+            return message
+
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, counting, counted)
         finally:
+            audit_var.reset(token)
+            client = scope.get("client")
             log.info(
                 "%s %s %d",
                 scope["method"],
                 scope["path"],
-                status["code"],
+                seen["status"],
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
                     "query": scope.get("query_string", b"").decode("latin-1") or None,
-                    "status": status["code"],
+                    "status": seen["status"],
+                    "subject": audit.subject,
+                    "auth_error": audit.auth_error,
+                    "client": client[0] if client else None,
+                    "repository": audit.repository,
+                    "action": audit.action,
+                    "bytes_in": seen["in"],
+                    "bytes_out": seen["out"],
                     "duration_ms": round((time.perf_counter() - start) * 1000, 3),
                 },
             )
 
 
-def create_app(settings: Settings | None = None, *, ingest: Ingest | None = None) -> Starlette:
-    """Build the ASGI app. Without arguments, configuration comes from the environment."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    ingest: Ingest | None = None,
+    auth: Authenticator | None = None,
+) -> Starlette:
+    """Build the ASGI app. Without arguments, configuration comes from the environment;
+    ``settings`` default to those of ``ingest`` when it is given. ``auth``: who is
+    asking; by default the authenticator ``settings.auth`` names, which refuses to be
+    built (ConfigError) when INGEST_AUTH is unset."""
+    if settings is None:
+        settings = ingest.settings if ingest is not None else Settings.from_env(os.environ)
     if ingest is None:
-        settings = settings or Settings.from_env(os.environ)
         ingest = Ingest.from_settings(settings)
+    if auth is None:
+        auth = backends.authenticator(settings)
     app = Starlette(
-        routes=[*routes(), Route("/metrics", metrics.metrics, methods=["GET"])],
+        routes=routes(),  # /metrics is on the debug listener (ingest/http/debug.py)
         middleware=[Middleware(_AccessLog), Middleware(_VersionHeader)],
         exception_handlers={
             IngestError: ingest_error,
@@ -160,6 +219,7 @@ def create_app(settings: Settings | None = None, *, ingest: Ingest | None = None
         },
     )
     app.state.ingest = ingest
+    app.state.policy = Policy(auth, settings.delete_enabled, settings.read_only)
     app.state.metrics_registry = metrics.registry(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     return app
 

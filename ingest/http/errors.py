@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -33,7 +34,15 @@ def _response(
 
 async def ingest_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, IngestError)
-    headers: dict[str, str] = {}
+    return error_response(request, exc)
+
+
+def error_response(
+    request: Request, exc: IngestError, extra_headers: Mapping[str, str] | None = None
+) -> Response:
+    """``exc`` as the OCI envelope with its status, plus ``extra_headers`` (the
+    ``WWW-Authenticate`` challenge of a 401, the ``Allow`` of a 405)."""
+    headers: dict[str, str] = dict(extra_headers or {})
     if isinstance(exc, RangeInvalid) and isinstance(exc.detail.get("offset"), int):
         offset = exc.detail["offset"]
         headers["Range"] = f"0-{max(offset - 1, 0)}"

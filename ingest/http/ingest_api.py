@@ -4,6 +4,9 @@
 * ``POST /ingest/v1/uploads/{id}/retry``  re-verify a failed upload; optional body
   ``{"digest": …}`` to verify against a corrected digest
 * ``GET  /ingest/v1/openapi.json``        this API and the /v2 surface as OpenAPI 3.1
+
+The upload routes need push on the upload's repository; an upload the caller may
+not push to is answered as unknown (:mod:`ingest.http.access`).
 """
 
 from __future__ import annotations
@@ -89,7 +92,10 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    "404": _error_response("BLOB_UPLOAD_UNKNOWN"),
+                    "401": _error_response("UNAUTHORIZED: credentials required"),
+                    "404": _error_response(
+                        "BLOB_UPLOAD_UNKNOWN: no such upload, or not one the caller may push to"
+                    ),
                 },
             }
         },
@@ -135,7 +141,11 @@ OPENAPI: dict[str, Any] = {
                         "BLOB_UPLOAD_INVALID: committed or not failed, or a malformed body; "
                         "DIGEST_INVALID; SIZE_INVALID: a malformed Content-Length"
                     ),
-                    "404": _error_response("BLOB_UPLOAD_UNKNOWN"),
+                    "401": _error_response("UNAUTHORIZED: credentials required"),
+                    "404": _error_response(
+                        "BLOB_UPLOAD_UNKNOWN: no such upload, or not one the caller may push to"
+                    ),
+                    "405": _error_response("UNSUPPORTED: the registry is read-only"),
                 },
             }
         },

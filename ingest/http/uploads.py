@@ -23,8 +23,10 @@ from ingest.errors import (
     VerificationTimeout,
 )
 from ingest.http import metrics
+from ingest.http.access import may_pull
 from ingest.http.common import claimed_digest, content_length, ingest, repository, upload_id
 from ingest.logs import task_id_var, upload_id_var
+from ingest.names import validate_name
 
 __all__ = ["delete_upload", "get_upload", "patch_upload", "put_upload", "start_upload"]
 
@@ -245,13 +247,25 @@ def _mount(ing: Ingest, name: str, source: str, digest: str) -> Digest | None:
         return None
 
 
+def _may_mount_from(request: Request, source: str) -> bool:
+    """Whether the caller may pull from ``source``, the repository it mounts from
+    (push on the target was checked before the handler ran). If not, the mount is
+    ignored: a fresh session, as for a blob ``source`` does not hold, so the answer
+    reveals nothing about ``source``."""
+    try:
+        validate_name(source)
+    except NameInvalid:
+        return False
+    return may_pull(request, source)
+
+
 async def start_upload(request: Request) -> Response:
     """POST /v2/<name>/blobs/uploads/ — new session, monolithic (?digest=) or mount."""
     name = repository(request)
     ing = ingest(request)
     params = request.query_params
     mount, source = params.get("mount"), params.get("from")
-    if mount and source:
+    if mount and source and _may_mount_from(request, source):
         mounted = await run_in_threadpool(_mount, ing, name, source, mount)
         if mounted is not None:
             return Response(

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from ingest import logs
+from ingest.auth.none import NoAuth
 from ingest.http.app import create_app
 from ingest.storage.memory import MemoryDriver
 from tests.unit.fakes import make_ingest, sha256
@@ -64,7 +65,7 @@ def test_every_request_line_of_an_upload_carries_its_upload_and_task_id(
     from starlette.testclient import TestClient
 
     ing, _ = make_ingest(MemoryDriver())
-    client = TestClient(create_app(ingest=ing))
+    client = TestClient(create_app(ingest=ing, auth=NoAuth()))
     start = client.post("/v2/logs/repo/blobs/uploads/")
     upload_id = start.headers["docker-upload-uuid"]
     client.patch(start.headers["location"], content=b"data")

@@ -57,6 +57,7 @@ TABLE: list[tuple[Callable[[], str], str]] = [
     (lambda: paths.upload_prehash_path(UID), f"/uploads/{UID}/prehash.json"),
     (lambda: paths.upload_prehash_lease_path(UID), f"/uploads/{UID}/prehash.lease"),
     (lambda: paths.upload_verify_lease_path(UID), f"/uploads/{UID}/verify.lease"),
+    (lambda: paths.health_probe_path(UID), f"/health/{UID}"),
     (paths.repositories_root, "/repositories"),
     (paths.blob_store_root, "/blobs"),
     (paths.blobs_root, "/blobs/sha256"),
@@ -161,6 +162,8 @@ def test_every_exported_mapper_function_is_in_the_table() -> None:
         "parse_repository_link",
         "parse_tag_link",
         "parse_referrer_link",
+        "parse_repository_dir",  # round trips and refusals: tests/unit/test_catalog.py
+        "repository_content_dirs",  # a tuple of two keys: tests/unit/test_catalog.py
         "entry_name",
         "quarantine_root",
         "quarantine_dir",
@@ -168,8 +171,15 @@ def test_every_exported_mapper_function_is_in_the_table() -> None:
         "quarantine_data_path",
         "validate_quarantine_id",
         "fsck_state_path",
+        "health_probe_path",
     }
     assert set(paths.__all__) == covered
+
+
+@pytest.mark.parametrize("probe_id", ["", "..", "../uploads", "x", UID.upper(), UID + "/data"])
+def test_a_health_probe_key_takes_only_a_uuid4(probe_id: str) -> None:
+    with pytest.raises(ValueError, match="invalid health probe id"):
+        paths.health_probe_path(probe_id)
 
 
 def test_a_parsed_digest_maps_like_a_constructed_one() -> None:

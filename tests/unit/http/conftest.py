@@ -1,9 +1,12 @@
 """Fixtures for the in-process HTTP protocol tests.
 
-The app is built with ``create_app(ingest=Ingest(driver, RecordingQueue, settings))``
-and driven through Starlette's TestClient (httpx underneath, no sockets). The
-RecordingQueue runs the real commit synchronously when the frontend waits, so a
+The app is built with ``create_app(ingest=Ingest(driver, RecordingQueue, settings),
+auth=...)`` and driven through Starlette's TestClient (httpx underneath, no sockets).
+The RecordingQueue runs the real commit synchronously when the frontend waits, so a
 blob PUT answers 201 exactly as it would with a worker behind Redis.
+
+Authentication is ``none`` (:class:`~ingest.auth.none.NoAuth`) unless a test passes
+``auth=``: :class:`FakeAuth` maps fixed ``Authorization`` values to identities.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import contextlib
 import json
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,10 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from ingest.api import Ingest
+from ingest.auth import ANONYMOUS, Access, Authenticator, Identity
+from ingest.auth.none import NoAuth
 from ingest.config import Settings
+from ingest.errors import Unauthorized
 from ingest.http.app import create_app
 from ingest.storage.base import StorageDriver
 from ingest.storage.filesystem import FilesystemDriver
@@ -35,6 +41,7 @@ from ingest.storage.memory import MemoryDriver
 from tests.unit.fakes import RecordingQueue, make_ingest, sha256
 
 __all__ = [
+    "DELETES_ENABLED",
     "DOCKER_LIST",
     "DOCKER_MANIFEST",
     "OCI_INDEX",
@@ -42,6 +49,7 @@ __all__ = [
     "UUID4",
     "Env",
     "EnvFactory",
+    "FakeAuth",
     "assert_envelope",
     "assert_error",
     "descriptor",
@@ -143,6 +151,36 @@ def index_manifest(
     }
 
 
+class FakeAuth:
+    """An authenticator for tests: each known ``Authorization`` value is an identity;
+    no header is :data:`~ingest.auth.ANONYMOUS`; anything else does not authenticate.
+    Its challenge spells out what it was asked for, so tests can check it."""
+
+    def __init__(self, scheme: str, identities: Mapping[str, Identity]) -> None:
+        self.scheme = scheme
+        self.identities = dict(identities)
+        self.calls: list[str | None] = []
+
+    def authenticate(self, authorization: str | None) -> Identity:
+        self.calls.append(authorization)
+        if authorization is None:
+            return ANONYMOUS
+        try:
+            return self.identities[authorization]
+        except KeyError:
+            raise Unauthorized("credentials not accepted", {"reason": "invalid"}) from None
+
+    def challenge(self, wanted: Sequence[Access], error: str | None = None) -> str:
+        if self.scheme == "Basic":
+            return 'Basic realm="test"'
+        value = 'Bearer realm="https://auth.test/token",service="registry.test"'
+        if wanted:
+            value += f',scope="{" ".join(w.scope for w in wanted)}"'
+        if error:
+            value += f',error="{error}"'
+        return value
+
+
 @dataclass
 class Env:
     """One app instance and the pieces behind it."""
@@ -193,11 +231,14 @@ EnvFactory = Callable[..., Env]
 
 @pytest.fixture
 def make_env(tmp_path: Path) -> Iterator[EnvFactory]:
-    """``make_env(settings=None, driver="memory"|"filesystem"|StorageDriver)`` → Env."""
+    """``make_env(settings=None, driver="memory"|"filesystem"|StorageDriver, auth=NoAuth())``
+    → Env."""
     with contextlib.ExitStack() as stack:
 
         def factory(
-            settings: Settings | None = None, driver: str | StorageDriver = "memory"
+            settings: Settings | None = None,
+            driver: str | StorageDriver = "memory",
+            auth: Authenticator | None = None,
         ) -> Env:
             if driver == "memory":
                 drv: StorageDriver = MemoryDriver()
@@ -207,7 +248,8 @@ def make_env(tmp_path: Path) -> Iterator[EnvFactory]:
                 assert not isinstance(driver, str)
                 drv = driver
             ing, queue = make_ingest(drv, settings)
-            client = TestClient(create_app(ingest=ing), raise_server_exceptions=False)
+            app = create_app(ingest=ing, auth=auth if auth is not None else NoAuth())
+            client = TestClient(app, raise_server_exceptions=False)
             stack.enter_context(client)
             return Env(client, ing, queue, drv)
 
@@ -215,5 +257,14 @@ def make_env(tmp_path: Path) -> Iterator[EnvFactory]:
 
 
 @pytest.fixture
-def env(make_env: EnvFactory) -> Env:
-    return make_env()
+def env(make_env: EnvFactory, request: pytest.FixtureRequest) -> Env:
+    """An app on the memory driver with default settings, or with the changes an
+    indirect parametrisation passes (:data:`DELETES_ENABLED`)."""
+    changes = getattr(request, "param", None) or {}
+    return make_env(Settings(**changes) if changes else None)
+
+
+#: Run a test with ``INGEST_DELETE_ENABLED=true`` (deletes are refused by default).
+DELETES_ENABLED = pytest.mark.parametrize(
+    "env", [{"delete_enabled": True}], indirect=True, ids=["deletes-enabled"]
+)

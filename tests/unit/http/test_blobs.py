@@ -10,7 +10,7 @@ import pytest
 
 from ingest.config import Settings
 from tests.unit.fakes import sha256, sha512
-from tests.unit.http.conftest import UUID4, Env, EnvFactory, assert_error
+from tests.unit.http.conftest import DELETES_ENABLED, UUID4, Env, EnvFactory, assert_error
 
 REPO = "library/ubuntu"
 OTHER = "library/debian"
@@ -535,6 +535,7 @@ def test_unknown_blob(env: Env, method: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["HEAD", "GET", "DELETE"])
+@DELETES_ENABLED
 def test_blob_linked_only_in_another_repo(env: Env, method: str) -> None:
     d = env.push_blob(OTHER, DATA)
     assert_error(env.client.request(method, f"/v2/{REPO}/blobs/{d}"), 404, "BLOB_UNKNOWN")
@@ -542,6 +543,7 @@ def test_blob_linked_only_in_another_repo(env: Env, method: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["HEAD", "GET", "DELETE"])
+@DELETES_ENABLED
 def test_blob_malformed_digest(env: Env, method: str) -> None:
     r = env.client.request(method, f"/v2/{REPO}/blobs/sha256:nothex")
     assert_error(r, 400, "DIGEST_INVALID")
@@ -587,6 +589,7 @@ def test_get_blob_range_served_whole(env: Env, range_: str) -> None:
     assert "content-range" not in r.headers
 
 
+@DELETES_ENABLED
 def test_delete_blob(env: Env) -> None:
     d = env.push_blob(REPO, DATA)
     env.push_blob(OTHER, DATA)
@@ -600,12 +603,14 @@ def test_delete_blob(env: Env) -> None:
     assert_error(env.client.delete(f"/v2/{REPO}/blobs/{d}"), 404, "BLOB_UNKNOWN")
 
 
+@DELETES_ENABLED
 def test_delete_canonical_removes_aliases(env: Env) -> None:
     d512 = env.push_blob(REPO, DATA, sha512(DATA))
     assert env.client.delete(f"/v2/{REPO}/blobs/{sha256(DATA)}").status_code == 202
     assert env.client.head(f"/v2/{REPO}/blobs/{d512}").status_code == 404
 
 
+@DELETES_ENABLED
 def test_delete_alias_keeps_canonical(env: Env) -> None:
     d512 = env.push_blob(REPO, DATA, sha512(DATA))
     assert env.client.delete(f"/v2/{REPO}/blobs/{d512}").status_code == 202
@@ -702,7 +707,7 @@ def test_post_monolithic_over_limit(small: Env) -> None:
 
 @pytest.mark.parametrize("driver", ["memory", "filesystem"])
 def test_round_trip_on_each_driver(make_env: EnvFactory, driver: str) -> None:
-    env = make_env(driver=driver)
+    env = make_env(Settings(delete_enabled=True), driver=driver)
     d = env.push_blob(REPO, DATA)
     r = env.client.get(f"/v2/{REPO}/blobs/{d}", headers={"Range": "bytes=4-7"})
     assert r.status_code == 206

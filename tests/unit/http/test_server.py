@@ -572,6 +572,8 @@ def test_serve_hands_the_limits_to_uvicorn(monkeypatch: pytest.MonkeyPatch) -> N
         "INGEST_BODY_IDLE_TIMEOUT": "45s",
         "INGEST_KEEPALIVE_TIMEOUT": "7s",
         "INGEST_MAX_CONNECTIONS": "321",
+        "INGEST_AUTH": "none",
+        "INGEST_DEBUG_ADDR": "off",  # tests/unit/http/test_serve.py covers the listener
     }
     result = CliRunner().invoke(cli, ["serve", "--port", "5999"], env=env)
     assert result.exit_code == 0, result.output
@@ -591,7 +593,8 @@ def test_serve_warns_and_lowers_the_cap_when_descriptors_are_short(
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
     monkeypatch.setattr(server, "fit_fd_limit", lambda n: (50, "capping at 50 connections"))
-    result = CliRunner().invoke(cli, ["serve"], env={"INGEST_MAX_CONNECTIONS": "5000"})
+    env = {"INGEST_MAX_CONNECTIONS": "5000", "INGEST_AUTH": "none", "INGEST_DEBUG_ADDR": "off"}
+    result = CliRunner().invoke(cli, ["serve"], env=env)
     assert result.exit_code == 0, result.output
     assert "warning: capping at 50 connections" in result.output
     assert calls[0]["http"].keywords["limits"].max_connections == 50
