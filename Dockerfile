@@ -25,5 +25,9 @@ RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/ing
 USER ingest
 WORKDIR /home/ingest
 
+# No authentication default on purpose: `ingest serve` refuses to start until
+# INGEST_AUTH says how clients authenticate (htpasswd, token; none only for demos),
+# as docker-compose.yml does. The debug listener (/metrics, /health) stays on the
+# container's loopback (INGEST_DEBUG_ADDR=127.0.0.1:5001) and is not exposed.
 EXPOSE 5000
 CMD ["ingest", "serve", "--host", "0.0.0.0", "--port", "5000"]

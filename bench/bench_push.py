@@ -313,6 +313,8 @@ class OursServer:
             "REDIS_URL": self.redis.url,
             "INGEST_STORAGE_ROOT": str(self.root / "storage"),
             "PYTHONPATH": repo_root,
+            # Open, like the Go registry it is measured against (no auth configured).
+            "INGEST_AUTH": "none",
         }
         for i in range(self.worker_procs):
             w = Worker(
@@ -336,6 +338,8 @@ class OursServer:
                     str(self.port),
                     "--workers",
                     str(self.frontends),
+                    "--debug-addr",
+                    "off",  # nothing scrapes it here; and 127.0.0.1:5001 may be taken
                 ],
                 env={**os.environ, **env},
                 cwd=repo_root,

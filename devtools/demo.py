@@ -6,6 +6,10 @@ writes, finish, verification on the worker, commit -- and prints the committed
 result. It also shows a rejected claim (DIGEST_INVALID, kept for retry) and its
 retry, pushes a blob over the OCI API, and then keeps serving the registry at
 the printed URL until interrupted (``--exit`` stops after the demo).
+
+Everything listens on loopback. The registry runs with ``INGEST_AUTH=none`` (open:
+a demo on this machine, and ``ingest push`` sends no credentials); Flower always
+authenticates, with a password made for this run and printed with its URL.
 """
 
 from __future__ import annotations
@@ -60,23 +64,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"redis:   {mask_url(redis_url)}")
         print(f"storage: {storage}")
         env = {"REDIS_URL": redis_url, "INGEST_STORAGE_ROOT": storage}
+        # Said explicitly: `ingest serve` refuses to start without INGEST_AUTH.
+        frontend_env = {**env, "INGEST_AUTH": "none"}
         logs = Path(storage).parent / f"{Path(storage).name}.logs"
         worker = stack.enter_context(Worker(env, logs / "worker.log"))
         print(f"worker:  pid {worker.pid} ({worker.name})")
         port = args.port or (5000 if _port_free(5000) else free_port())
-        frontend = stack.enter_context(Frontend(env, logs / "frontend.log", port=port))
-        print(f"registry: {frontend.url} (logs in {logs})")
+        frontend = stack.enter_context(
+            Frontend(
+                frontend_env,
+                logs / "frontend.log",
+                port=port,
+                debug_port=5001 if _port_free(5001) else None,
+            )
+        )
+        print(f"registry: {frontend.url} (INGEST_AUTH=none: open, demo only; logs in {logs})")
+        print(f"debug:    {frontend.debug_url}/metrics  {frontend.debug_url}/health")
         flower_port = 5555 if _port_free(5555) else free_port()
         celery = [sys.executable, "-m", "celery", "-A", "workers.app"]
+        # Flower's API can revoke tasks and shut workers down: it always authenticates.
+        # The credentials go in its environment, not its command line (`ps` shows that).
+        flower_password = secrets.token_urlsafe(18)
         stack.enter_context(
             Service(
                 [*celery, "flower", "--address=127.0.0.1", f"--port={flower_port}"],
-                env,
+                {**env, "FLOWER_BASIC_AUTH": f"admin:{flower_password}"},
                 logs / "flower.log",
                 port=flower_port,
             )
         )
-        print(f"flower:   http://127.0.0.1:{flower_port}")
+        flower_url = f"http://127.0.0.1:{flower_port}"
+        print(f"flower:   {flower_url} (user admin, password {flower_password})")
         stack.enter_context(
             Service(
                 [*celery, "beat", "--schedule", str(logs / "celerybeat-schedule")],
@@ -114,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
         pushed = _push_over_http(frontend.url, "demo/http", data[: 1 << 20])
         print(f"pushed over the OCI API: {pushed}")
+        if frontend.debug_url:
+            print(f"health: {_health(frontend.debug_url)}")
         if args.exit:
             return 0
         host = frontend.url.removeprefix("http://")
@@ -124,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  .venv/bin/ingest push FILE --digest sha256:{'0' * 64}  # DIGEST_INVALID\n"
             f"  .venv/bin/ingest status UPLOAD_ID; .venv/bin/ingest retry UPLOAD_ID --digest D\n"
             f"  skopeo copy --dest-tls-verify=false oci:DIR:TAG docker://{host}/REPO:TAG\n"
-            f"  Flower: http://127.0.0.1:{flower_port}"
+            f"  Flower: {flower_url} (user admin, password {flower_password})\n"
+            f"  Health: curl {frontend.debug_url}/health"
         )
         try:
             while frontend.process is not None and frontend.process.poll() is None:
@@ -141,6 +162,22 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _health(debug_url: str) -> str:
+    """The debug listener's deep check, in one line: each check and its latency."""
+    host, port = debug_url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        doc = json.loads(r.read())
+    finally:
+        conn.close()
+    checks = ", ".join(
+        f"{name} {c['status']} {c['latency_ms']:.0f} ms" for name, c in doc["checks"].items()
+    )
+    return f"{r.status} {doc['status']} ({checks})"
 
 
 def _push_over_http(base: str, repository: str, data: bytes) -> str:

@@ -19,9 +19,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from devtools.localredis import free_port
 from ingest.queue import WORKER_QUEUES
 
-__all__ = ["Frontend", "Service", "Worker"]
+__all__ = ["Frontend", "Service", "Worker", "write_htpasswd"]
 
 
 class Service:
@@ -115,7 +116,22 @@ class Service:
 
 
 class Frontend(Service):
-    """An ``ingest serve`` subprocess (uvicorn) on a loopback port."""
+    """An ``ingest serve`` subprocess (uvicorn) on a loopback port.
+
+    Authentication comes from ``env`` like any setting: ``INGEST_AUTH=htpasswd`` with
+    ``INGEST_AUTH_HTPASSWD`` (see :func:`write_htpasswd`), or ``INGEST_AUTH=token`` with
+    the ``INGEST_AUTH_TOKEN_*`` settings. Without ``INGEST_AUTH`` in ``env`` (or in
+    this process's environment) the frontend runs with ``INGEST_AUTH=none``: open, for
+    the demo and the tests, which ``ingest serve`` logs loudly.
+
+    ``tls_cert``/``tls_key``: serve HTTPS (``--tls-cert``/``--tls-key``); ``ca`` is the
+    CA file that signed the certificate, which :meth:`ready` verifies against (an
+    unverified probe without it) and :attr:`ca` hands to clients.
+
+    The debug listener (``/metrics``, ``/health``) gets a free loopback port of its
+    own (:attr:`debug_url`), so frontends never race for the default 127.0.0.1:5001;
+    ``debug=False`` turns it off.
+    """
 
     def __init__(
         self,
@@ -124,7 +140,17 @@ class Frontend(Service):
         *,
         port: int,
         processes: int = 1,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        ca: str | os.PathLike[str] | None = None,
+        debug: bool = True,
+        debug_port: int | None = None,
     ) -> None:
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        self.tls = bool(tls_cert)
+        self.ca = str(ca) if ca else None
+        self.debug_port = (debug_port or free_port()) if debug else None
         args = [
             sys.executable,
             "-m",
@@ -138,23 +164,62 @@ class Frontend(Service):
             str(processes),
             "--log-level",
             "warning",
+            "--debug-addr",
+            f"127.0.0.1:{self.debug_port}" if self.debug_port else "off",
         ]
+        if tls_cert and tls_key:
+            args += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
+        if "INGEST_AUTH" not in env and not os.environ.get("INGEST_AUTH"):
+            env = {**env, "INGEST_AUTH": "none"}
         super().__init__(args, env, logfile, port=port)
         self.processes = processes
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def debug_url(self) -> str | None:
+        """``http://127.0.0.1:<port>`` of the debug listener (None when off)."""
+        return f"http://127.0.0.1:{self.debug_port}" if self.debug_port else None
 
     def ready(self) -> bool:
+        """Answers ``GET /v2/`` (200, or 401 when it wants credentials)."""
         import socket
+        import ssl
 
         try:
-            with socket.create_connection(("127.0.0.1", self.port or 0), timeout=0.5) as s:
+            with socket.create_connection(("127.0.0.1", self.port or 0), timeout=0.5) as raw:
+                s: socket.socket = raw
+                if self.tls:
+                    context = ssl.create_default_context(cafile=self.ca)
+                    if self.ca is None:  # only "is it up?": the caller verifies for real
+                        context.check_hostname = False
+                        context.verify_mode = ssl.CERT_NONE
+                    s = context.wrap_socket(raw, server_hostname="127.0.0.1")
                 s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                return s.recv(64).startswith(b"HTTP/1.1 200")
-        except OSError:
+                head = s.recv(64)
+                return head.startswith((b"HTTP/1.1 200", b"HTTP/1.1 401"))
+        except OSError:  # ssl.SSLError included
             return False
+
+
+def write_htpasswd(
+    path: str | os.PathLike[str], users: Mapping[str, str], *, rounds: int = 4
+) -> str:
+    """Write an htpasswd file of bcrypt entries (``user:$2b$…``) for ``users``
+    (name → password) and return its path. ``rounds`` is bcrypt's cost: the lowest (4)
+    keeps tests fast; ``htpasswd -B`` uses 5, and real files should use 10 or more."""
+    import bcrypt
+
+    lines = [
+        f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()}"
+        for user, password in users.items()
+    ]
+    target = Path(path)
+    target.write_text("\n".join(lines) + "\n")
+    target.chmod(0o600)
+    return str(target)
 
 
 class Worker(Service):

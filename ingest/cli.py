@@ -24,6 +24,8 @@ import click
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
 
+    from ingest.http.server import ConnectionLimits, DebugListener
+
 from ingest.config import ConfigError, Settings, parse_duration
 from ingest.errors import EXIT_USAGE, ArgumentInvalid, IngestError
 from ingest.queue import WORKER_QUEUES
@@ -474,69 +476,206 @@ def tarsum(obj: Context, file: IO[bytes], label: str, extra: IO[bytes] | None) -
     show_default=True,
     help="ASGI server [INGEST_SERVER] (granian: pip install granian).",
 )
+@click.option(
+    "--tls-cert",
+    metavar="FILE",
+    help="Serve HTTPS with this certificate chain (PEM) [INGEST_TLS_CERT].",
+)
+@click.option("--tls-key", metavar="FILE", help="Its private key (PEM) [INGEST_TLS_KEY].")
+@click.option(
+    "--debug-addr",
+    metavar="HOST:PORT|off",
+    help="Listener for /metrics and /health [INGEST_DEBUG_ADDR, default 127.0.0.1:5001].",
+)
 @pass_ctx
-def serve(obj: Context, host: str, port: int, workers: int, log_level: str, server: str) -> None:
+def serve(
+    obj: Context,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    server: str,
+    tls_cert: str | None,
+    tls_key: str | None,
+    debug_addr: str | None,
+) -> None:
     """Serve the OCI distribution API and the ingest JSON API.
 
-    Slow and idle clients are cut off by INGEST_HEADER_TIMEOUT, INGEST_BODY_IDLE_TIMEOUT
-    and INGEST_KEEPALIVE_TIMEOUT; INGEST_MAX_CONNECTIONS bounds each process's open
-    connections (docs/operations.md)."""
+    INGEST_AUTH must say how clients authenticate (htpasswd, token, or none for
+    demos). Slow and idle clients are cut off by INGEST_HEADER_TIMEOUT,
+    INGEST_BODY_IDLE_TIMEOUT and INGEST_KEEPALIVE_TIMEOUT; INGEST_MAX_CONNECTIONS
+    bounds each process's open connections. /metrics and /health are served on the
+    debug address, by this process only (docs/operations.md)."""
     import dataclasses
     import tempfile
 
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    from ingest import logs
+
+    ctx = click.get_current_context()
+    settings = obj.settings
+    try:
+        if (tls_cert, tls_key, debug_addr) != (None, None, None):  # the options win
+            settings = dataclasses.replace(
+                settings,
+                tls_cert=settings.tls_cert if tls_cert is None else tls_cert,
+                tls_key=settings.tls_key if tls_key is None else tls_key,
+                debug_addr=settings.debug_addr if debug_addr is None else debug_addr,
+            )
+        _check_auth(settings)
+    except ConfigError as exc:
+        click.echo(f"error: configuration: {_config_message(exc)}", err=True)
+        ctx.exit(EXIT_USAGE)
+    separate = workers > 1 or server == "granian"  # the app runs in other processes
+    if separate and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several processes: /metrics aggregates them through a shared directory.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ingest-metrics-")
-    from ingest.http.server import ConnectionLimits, fit_fd_limit, granian_args
+    from ingest.http import server as http_server
 
-    limits = ConnectionLimits.from_settings(obj.settings)
-    cap, warning = fit_fd_limit(limits.max_connections)  # worker processes inherit the limit
+    try:
+        if settings.tls_cert:
+            http_server.check_tls_files(settings.tls_cert, settings.tls_key)
+    except ConfigError as exc:
+        click.echo(f"error: configuration: {exc}", err=True)
+        ctx.exit(EXIT_USAGE)
+    try:
+        debug_at = http_server.parse_listen_address(settings.debug_addr)
+    except ValueError as exc:
+        click.echo(f"error: configuration: --debug-addr/INGEST_DEBUG_ADDR: {exc}", err=True)
+        ctx.exit(EXIT_USAGE)
+
+    limits = http_server.ConnectionLimits.from_settings(settings)
+    cap, warning = http_server.fit_fd_limit(limits.max_connections)  # inherited by workers
     if warning:
         click.echo(f"warning: {warning}", err=True)
         limits = dataclasses.replace(limits, max_connections=cap)
-    if server == "granian":
-        mapped, missing = granian_args(limits)
-        click.echo(f"warning: granian does not enforce {', '.join(missing)}", err=True)
-        args = [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "asgi",
-            "--factory",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--loop",
-            "uvloop",
-            "--no-access-log",
-            "--log-level",
-            log_level,
-            *mapped,
+    if separate:  # else the app factory configures this very process as it starts
+        logs.configure(settings.log_level, settings.log_format)
+    listener = _start_debug_listener(settings, debug_at, log_level) if debug_at else None
+    try:
+        if server == "granian":
+            code = _serve_granian(host, port, workers, log_level, limits, settings, listener)
+            ctx.exit(code)
+        import uvicorn
+
+        uvicorn.run(
             "ingest.http.app:app_factory",
-        ]
-        os.execv(sys.executable, args)  # noqa: S606 - replace this process: signals go to granian
-    import uvicorn
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            access_log=False,  # the app logs one structured line per request itself
+            log_config=None,  # keep the app's JSON logging (configured in the app factory)
+            # HTTPS when configured (the files were checked above).
+            ssl_certfile=settings.tls_cert or None,
+            ssl_keyfile=settings.tls_key or None,
+            # Frontends are stateless: any process can serve any upload.
+            # uvicorn's httptools protocol plus the header, body-idle and keep-alive
+            # timeouts and the connection cap (ingest/http/server.py).
+            http=http_server.protocol_factory(limits),
+        )
+    finally:
+        if listener is not None:
+            listener.stop()
 
-    from ingest.http.server import protocol_factory
 
-    uvicorn.run(
-        "ingest.http.app:app_factory",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
+def _check_auth(settings: Settings) -> None:
+    """Build the authenticator the app will build, once, here: an unset INGEST_AUTH
+    or a broken htpasswd/token set-up stops ``ingest serve`` with one message
+    instead of a traceback in every worker process."""
+    from ingest import backends
+
+    if settings.auth != "none":  # nothing to check; each app process logs its warning
+        backends.authenticator(settings)
+
+
+def _config_message(exc: ConfigError) -> str:
+    """The message, naming the variable when the error only names the field."""
+    text = str(exc)
+    if exc.field and "INGEST_" not in text:
+        from ingest.config import declarations
+
+        names = {d.field: d.variable for d in declarations()}
+        if exc.field in names:
+            return f"{names[exc.field]}: {text}"
+    return text
+
+
+def _start_debug_listener(
+    settings: Settings, address: tuple[str, int], log_level: str
+) -> DebugListener:
+    """Bind the debug address and serve /metrics and /health from this process (the
+    supervisor of --workers N, so one process binds it and aggregates them all)."""
+    from ingest.api import Ingest
+    from ingest.http import server as http_server
+
+    host, port = address
+    try:
+        sock = http_server.bind_debug_socket(host, port)
+    except OSError as exc:
+        click.echo(
+            f"error: the debug listener cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(set --debug-addr or INGEST_DEBUG_ADDR to a free host:port, or to off)",
+            err=True,
+        )
+        click.get_current_context().exit(EXIT_USAGE)
+    listener = http_server.start_debug_listener(
+        Ingest.from_settings(settings),
+        sock,
+        multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
         log_level=log_level,
-        access_log=False,  # the app logs one structured line per request itself
-        log_config=None,  # keep the app's JSON logging (configured in the app factory)
-        # Frontends are stateless: any process can serve any upload.
-        # uvicorn's httptools protocol plus the header, body-idle and keep-alive timeouts
-        # and the connection cap (ingest/http/server.py).
-        http=protocol_factory(limits),
     )
+    click.echo(f"debug listener: http://{listener.address} (/metrics, /health)", err=True)
+    return listener
+
+
+def _serve_granian(
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    limits: ConnectionLimits,
+    settings: Settings,
+    listener: DebugListener | None,
+) -> int:
+    """Run granian; as a child when this process serves the debug listener (forwarding
+    SIGINT/SIGTERM), else in place of this process."""
+    import signal
+    import subprocess
+
+    from ingest.http.server import granian_args
+
+    mapped, missing = granian_args(limits)
+    click.echo(f"warning: granian does not enforce {', '.join(missing)}", err=True)
+    args = [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--no-access-log",
+        "--log-level",
+        log_level,
+        *mapped,
+    ]
+    if settings.tls_cert:
+        args += ["--ssl-certificate", settings.tls_cert, "--ssl-keyfile", settings.tls_key]
+    args.append("ingest.http.app:app_factory")
+    if listener is None:
+        os.execv(sys.executable, args)  # noqa: S606 - replace this process: signals go to granian
+    child = subprocess.Popen(args)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+    return child.wait()
 
 
 def main() -> None:

@@ -449,7 +449,8 @@ class Settings:
     debug_addr: str = _setting(
         NAME,
         "127.0.0.1:5001",
-        "`host:port` of the separate listener for `/metrics` and `/health` (empty: none)",
+        "`host:port` (`[v6]:port`) of the separate listener for `/metrics` and `/health`, "
+        "served by one process of `ingest serve` for all of them; `off`: none",
     )
 
     def __post_init__(self) -> None:

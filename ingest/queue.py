@@ -104,6 +104,15 @@ class TaskQueue(Protocol):
     async def wait_async(self, task_id: str, timeout: float) -> dict[str, Any]:
         """:meth:`wait` for event loops: must not block the loop or hold a thread."""
 
+    def ping_broker(self, timeout: float) -> None:
+        """Connect to the broker and have it answer (a Redis ``PING``) within about
+        ``timeout`` seconds; raise StorageUnavailable if it does not. Blocks."""
+
+    def ping_workers(self, timeout: float, limit: int | None = None) -> list[str]:
+        """The names of the workers that answered a control ping within ``timeout``
+        seconds (returning early once ``limit`` answered); may be empty. Raises
+        StorageUnavailable if the broker cannot be reached. Blocks."""
+
 
 def client_config(
     broker_url: str,
@@ -369,6 +378,47 @@ class CeleryTaskQueue:
         if isinstance(value, dict) and "exc_type" in value:
             value = self.app.backend.exception_to_python(value)
         raise _error_from_result(value, task_id)
+
+    # -- health (the debug listener's /health) ---------------------------------------
+
+    def _probe_connection(self, timeout: float) -> Any:
+        """A fresh broker connection (not the pool's) whose connect and reads give up
+        after ``timeout``: a health check must answer even when the broker does not."""
+        url = str(self.app.conf.broker_url or "")
+        options = dict(self.app.conf.broker_transport_options or {})
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            options.update(socket_timeout=timeout, socket_connect_timeout=timeout)
+        return self.app.connection_for_write(connect_timeout=timeout, transport_options=options)
+
+    def ping_broker(self, timeout: float) -> None:
+        try:
+            with self._probe_connection(timeout) as conn:
+                # One attempt, no retry loop: the caller measures and reports.
+                conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+                client = getattr(conn.default_channel, "client", None)
+                if client is not None and hasattr(client, "ping"):
+                    client.ping()  # Redis: a PING round trip (AMQP: the handshake was it)
+        except Exception as exc:  # kombu, redis-py, socket errors: all mean "down"
+            raise StorageUnavailable(
+                "the task broker does not answer",
+                {"error": f"{type(exc).__name__}: {str(exc)[:300]}"},
+            ) from exc
+
+    def ping_workers(self, timeout: float, limit: int | None = None) -> list[str]:
+        try:
+            with self._probe_connection(timeout) as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+                replies = self.app.control.ping(timeout=timeout, limit=limit, connection=conn)
+        except Exception as exc:  # any failure to reach the broker
+            raise StorageUnavailable(
+                "the task broker does not answer",
+                {"error": f"{type(exc).__name__}: {str(exc)[:300]}"},
+            ) from exc
+        names: list[str] = []
+        for reply in replies or ():
+            if isinstance(reply, dict):
+                names += [str(name) for name, answer in reply.items() if answer]
+        return sorted(names)
 
     def info(self, task_id: str) -> TaskInfo:
         res = self.app.AsyncResult(task_id)

@@ -1,9 +1,11 @@
-"""Prometheus metrics of the frontend, served at ``/metrics``.
+"""Prometheus metrics of the frontend, served at ``/metrics`` of the debug listener
+(:mod:`ingest.http.debug`, ``INGEST_DEBUG_ADDR``), never on the registry's port.
 
-With several frontend processes (``ingest serve --workers N``) the metrics are
-aggregated through prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``,
-which ``ingest serve`` sets up), so any process answers for all of them. Worker-side
-metrics (task counts, runtimes, queue) come from Flower's own ``/metrics``.
+With several frontend processes (``ingest serve --workers N``) each writes its values
+to prometheus_client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``, which
+``ingest serve`` sets up) and the one process serving the debug listener aggregates
+them all. Worker-side metrics (task counts, runtimes, queue) come from Flower's own
+``/metrics``.
 """
 
 from __future__ import annotations

@@ -31,6 +31,14 @@ finishing PUT may wait minutes for its verification (``INGEST_FINISH_WAIT``).
 Settings are read at the edge (``ingest serve``) and handed to uvicorn as
 ``http=protocol_factory(limits)``: a ``functools.partial`` of a module-level class,
 so it pickles into ``--workers N`` processes.
+
+Also here, for ``ingest serve``'s start-up: the TLS files are checked before any
+process starts (:func:`check_tls_files`), and the debug listener
+(:mod:`ingest.http.debug`) gets its socket (:func:`bind_debug_socket`) and a thread
+of the serving process (:class:`DebugListener`). With ``--workers N`` that process is
+uvicorn's supervisor, which outlives every worker process and is the only one that
+binds the debug port; worker processes are spawned, so they inherit neither the
+thread nor the socket.
 """
 
 from __future__ import annotations
@@ -38,27 +46,39 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import resource
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.server import ServerState
+from uvicorn.server import Server, ServerState
 
-from ingest.config import Settings
+from ingest.config import ConfigError, Settings
 from ingest.http import metrics
+
+if TYPE_CHECKING:
+    from ingest.api import Ingest
 
 __all__ = [
     "ConnectionLimits",
+    "DebugListener",
     "IngestHTTPProtocol",
+    "bind_debug_socket",
+    "check_tls_files",
     "fit_fd_limit",
     "granian_args",
+    "parse_listen_address",
     "plan_fd_limit",
     "protocol_factory",
+    "start_debug_listener",
 ]
 
 log = logging.getLogger("ingest.http.server")
@@ -395,3 +415,126 @@ def granian_args(limits: ConnectionLimits) -> tuple[list[str], list[str]]:
     if limits.header_timeout > 60:
         missing.append("INGEST_HEADER_TIMEOUT above 60 s")
     return args, missing
+
+
+# -- TLS ------------------------------------------------------------------------------
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
+    return b""
+
+
+def check_tls_files(cert: str, key: str) -> None:
+    """Refuse, with a message naming the file and the reason, a certificate or key
+    that is missing, unreadable, not PEM, encrypted, or not a matching pair: better
+    at start-up than as a TLS alert on every connection."""
+    for option, what, path in (("--tls-cert", "certificate", cert), ("--tls-key", "key", key)):
+        field = "tls_cert" if option == "--tls-cert" else "tls_key"
+        if not os.path.isfile(path):
+            raise ConfigError(f"{option}/INGEST_{field.upper()}: no TLS {what} file {path}", field)
+        if not os.access(path, os.R_OK):
+            raise ConfigError(
+                f"{option}/INGEST_{field.upper()}: the TLS {what} {path} is not readable "
+                f"by this user (uid {os.getuid()})",
+                field,
+            )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        raise ConfigError(
+            f"--tls-cert/--tls-key: {cert} and {key} are not a PEM certificate chain and its "
+            f"unencrypted private key ({reason})",
+            "tls_cert",
+        ) from None
+
+
+# -- the debug listener ----------------------------------------------------------------
+
+#: Values of ``INGEST_DEBUG_ADDR`` / ``--debug-addr`` that turn the listener off.
+DEBUG_OFF = frozenset({"", "off", "none", "false", "no", "0"})
+
+
+def parse_listen_address(text: str) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port`` for IPv6) as a pair, or None for "off" (see
+    :data:`DEBUG_OFF`). ValueError for anything else."""
+    value = text.strip()
+    if value.lower() in DEBUG_OFF:
+        return None
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port (or off)")
+    return host, int(port)
+
+
+def bind_debug_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (OSError if it is taken). Bound here, before
+    the frontend starts, so a conflict stops ``ingest serve`` with a clear message
+    instead of failing later in a thread."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def start_debug_listener(
+    ingest: Ingest, sock: socket.socket, *, multiprocess_dir: str | None, log_level: str
+) -> DebugListener:
+    """Serve :mod:`ingest.http.debug`'s app over ``ingest`` on ``sock`` (from
+    :func:`bind_debug_socket`), aggregating the metrics in ``multiprocess_dir``."""
+    from ingest.http.debug import create_debug_app
+
+    app = create_debug_app(ingest, multiprocess_dir=multiprocess_dir)
+    return DebugListener(app, sock, log_level=log_level).start()
+
+
+class DebugListener:
+    """Serves an ASGI app (the debug app) on an already bound socket, with its own
+    uvicorn server and event loop, in a daemon thread of this process."""
+
+    def __init__(self, app: Any, sock: socket.socket, *, log_level: str = "warning") -> None:
+        config = Config(
+            app,
+            log_level=log_level,
+            access_log=False,
+            log_config=None,  # the process's logging stays as configured
+            lifespan="off",
+            loop="asyncio",
+            http="h11",
+            timeout_keep_alive=5,
+            limit_concurrency=64,  # a scraper gone wild cannot exhaust descriptors
+        )
+        self.server = Server(config)
+        self.socket = sock
+        self.thread = threading.Thread(target=self._run, name="ingest-debug", daemon=True)
+
+    @property
+    def address(self) -> str:
+        host, port = self.socket.getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _run(self) -> None:
+        try:
+            self.server.run(sockets=[self.socket])
+        except BaseException:  # report it; never take the frontend down with it
+            log.exception("the debug listener on %s stopped", self.address)
+
+    def start(self) -> DebugListener:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        self.socket.close()

@@ -11,9 +11,9 @@ import hashlib
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 import redis
@@ -89,8 +89,20 @@ class Stack:
         self.workers.append(w)
         return w.start()
 
-    def frontend(self, processes: int = 1) -> Frontend:
-        f = Frontend(self.env, self.root / "frontend.log", port=free_port(), processes=processes)
+    def frontend(
+        self, processes: int = 1, *, env: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> Frontend:
+        """An ``ingest serve`` on this stack's storage and Redis. ``env`` adds to (or
+        overrides) the stack's environment, e.g. another ``INGEST_AUTH``; ``kwargs`` go
+        to :class:`~devtools.devstack.Frontend` (``tls_cert``, ``tls_key``, ``ca``,
+        ``debug``). Without ``INGEST_AUTH`` anywhere the frontend is open (``none``)."""
+        f = Frontend(
+            {**self.env, **(env or {})},
+            self.root / "frontend.log",
+            port=free_port(),
+            processes=processes,
+            **kwargs,
+        )
         self.frontends.append(f)
         return f.start()
 

@@ -26,7 +26,9 @@ import httpx
 import pytest
 import yaml
 
+from devtools.devstack import write_htpasswd
 from devtools.localredis import free_port
+from ingest.config import Settings
 from ingest.queue import TASK_RECONCILE
 from tests.integration.conftest import Stack
 
@@ -34,9 +36,11 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+TLS_OVERRIDE = ROOT / "docker-compose.tls.yml"
 SERVICES = {"redis", "frontend", "worker", "beat", "flower"}
 INGEST_ROLES = ("frontend", "worker", "beat")
 FLOWER_AUTH = "ops:test-only-password"
+REGISTRY_USER = ("alice", "test-only-registry-password")
 REDIS_PASSWORD = "0123456789abcdef-test-only"  # noqa: S105 - a test value
 RECONCILE_ENTRY = "reconcile-stuck-verifications"  # the beat_schedule key in workers/app.py
 
@@ -56,9 +60,10 @@ def _docker_compose() -> str:
     return path
 
 
-def _compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _compose_config(env: dict[str, str], *overrides: Path) -> subprocess.CompletedProcess[str]:
+    files = [arg for f in (COMPOSE_FILE, *overrides) for arg in ("-f", str(f))]
     return subprocess.run(
-        [_docker_compose(), "-f", str(COMPOSE_FILE), "config"],
+        [_docker_compose(), *files, "config"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -69,14 +74,20 @@ def _compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, str]:
-    """Named-volume mounts of a service, source → target (short or long syntax)."""
-    out: dict[str, str] = {}
+    """Volume and bind mounts of a service, source → target (short or long syntax)."""
+    return {source: target for source, target, _ in _mount_modes(service)}
+
+
+def _mount_modes(service: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Mounts as (source, target, mode): mode ``ro`` or ``rw``."""
+    out: list[tuple[str, str, str]] = []
     for v in service.get("volumes", []):
         if isinstance(v, str):
-            source, target = v.split(":")[:2]
+            parts = v.split(":")
+            mode = parts[2] if len(parts) > 2 else "rw"
+            out.append((parts[0], parts[1], mode))
         else:
-            source, target = v["source"], v["target"]
-        out[source] = target
+            out.append((v["source"], v["target"], "ro" if v.get("read_only") else "rw"))
     return out
 
 
@@ -101,7 +112,7 @@ def test_compose_file_validates_and_wires_the_services(tmp_path: Path) -> None:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("FLOWER_", "COMPOSE_", "REDIS_PASSWORD"))
+        if not k.startswith(("FLOWER_", "COMPOSE_", "REDIS_PASSWORD", "INGEST_"))
     }
 
     # Flower's credentials and Redis's password are mandatory: no default ships.
@@ -151,8 +162,30 @@ def test_compose_file_validates_and_wires_the_services(tmp_path: Path) -> None:
     assert _command_of_healthcheck(redis_svc) == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
 
     frontend = services["frontend"]
-    assert _ports(frontend) == [("127.0.0.1", 5000, 5000)]
-    assert "/v2/" in " ".join(_command_of_healthcheck(frontend))
+    assert _ports(frontend) == [("127.0.0.1", 5000, 5000)]  # the debug port is not published
+    # Every request authenticates against a mounted (read-only) bcrypt htpasswd file.
+    fe_env = frontend["environment"]
+    assert fe_env["INGEST_AUTH"] == "htpasswd"
+    htpasswd = fe_env["INGEST_AUTH_HTPASSWD"]
+    auth_mounts = [
+        (src, target, mode)
+        for src, target, mode in _mount_modes(frontend)
+        if htpasswd.startswith(target.rstrip("/") + "/")
+    ]
+    assert len(auth_mounts) == 1, _mount_modes(frontend)
+    auth_source, _, auth_mode = auth_mounts[0]
+    assert auth_mode == "ro"
+    assert auth_source == str(ROOT / "auth")  # ./auth next to the compose file
+    assert Settings.from_env(fe_env).auth == "htpasswd"  # the values parse as settings
+    # Deletes are off and writes on, unless the operator says otherwise.
+    assert fe_env["INGEST_DELETE_ENABLED"] == "false"
+    assert fe_env["INGEST_READ_ONLY"] == "false"
+    # The debug listener on the container's loopback; the health check asks it.
+    assert fe_env["INGEST_DEBUG_ADDR"] == "127.0.0.1:5001"
+    assert "http://127.0.0.1:5001/health" in " ".join(_command_of_healthcheck(frontend))
+    assert "INGEST_TLS_CERT" not in fe_env  # plain HTTP unless docker-compose.tls.yml
+    for name in SERVICES - {"frontend"}:
+        assert "INGEST_AUTH" not in services[name].get("environment", {}), name
 
     worker = services["worker"]  # scalable: nothing that must be unique per container
     assert "container_name" not in worker
@@ -168,6 +201,30 @@ def test_compose_file_validates_and_wires_the_services(tmp_path: Path) -> None:
     for name, svc in services.items():
         for host_ip, _, _ in _ports(svc):
             assert host_ip == "127.0.0.1", f"{name} is published beyond loopback"
+
+
+def test_the_tls_override_mounts_a_certificate_and_key_for_the_frontend() -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "INGEST_"))},
+        "FLOWER_BASIC_AUTH": FLOWER_AUTH,
+        "REDIS_PASSWORD": REDIS_PASSWORD,
+    }
+    run = _compose_config(env, TLS_OVERRIDE)
+    assert run.returncode == 0, run.stdout + run.stderr
+    services: dict[str, dict[str, Any]] = yaml.safe_load(run.stdout)["services"]
+    frontend = services["frontend"]
+    fe_env = frontend["environment"]
+    mounts = {target: (src, mode) for src, target, mode in _mount_modes(frontend)}
+    assert mounts["/etc/ingest/tls"] == (str(ROOT / "tls"), "ro")
+    assert fe_env["INGEST_TLS_CERT"] == "/etc/ingest/tls/tls.crt"
+    assert fe_env["INGEST_TLS_KEY"] == "/etc/ingest/tls/tls.key"
+    # The override adds to the frontend: authentication, storage and ports stay.
+    assert fe_env["INGEST_AUTH"] == "htpasswd"
+    assert mounts["/var/lib/ingest/storage"][0] == "storage"
+    assert _ports(frontend) == [("127.0.0.1", 5000, 5000)]
+    assert set(services) == SERVICES
+    for name in SERVICES - {"frontend"}:
+        assert "INGEST_TLS_CERT" not in services[name].get("environment", {}), name
 
 
 def _command_of_healthcheck(service: dict[str, Any]) -> list[str]:
@@ -269,8 +326,20 @@ def _running(procs: list[Proc]) -> Iterator[None]:
 def test_the_compose_commands_run_the_pipeline_locally(stack: Stack) -> None:
     with open(COMPOSE_FILE) as f:
         services: dict[str, dict[str, Any]] = yaml.safe_load(f)["services"]
+    # The frontend's own settings from the file, with its paths made local: the
+    # htpasswd file, and a free debug port (many frontends share this host).
+    fe_env = {k: str(v) for k, v in services["frontend"]["environment"].items()}
+    assert "${" not in fe_env["INGEST_AUTH"]
+    user, password = REGISTRY_USER
+    debug_port = free_port()
+    local_frontend = {
+        **{k: v for k, v in fe_env.items() if k.startswith("INGEST_") and "${" not in v},
+        "INGEST_AUTH_HTPASSWD": write_htpasswd(stack.root / "htpasswd", {user: password}),
+        "INGEST_DEBUG_ADDR": f"127.0.0.1:{debug_port}",
+        "INGEST_STORAGE_ROOT": stack.env["INGEST_STORAGE_ROOT"],
+    }
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")},
+        **{k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "INGEST_AUTH"))},
         **stack.env,
         "INGEST_RECONCILE_INTERVAL": "1",  # beat sends a reconcile every second
         "FLOWER_BASIC_AUTH": FLOWER_AUTH,
@@ -281,22 +350,30 @@ def test_the_compose_commands_run_the_pipeline_locally(stack: Stack) -> None:
         # Flower first: it only sees events sent after it starts listening.
         for name in ("flower", "worker", "beat", "frontend"):
             args, ports[name] = _local(_command(services[name]), stack.root)
-            procs.append(Proc(name, args, env, stack.root / f"{name}.log"))
+            proc_env = {**env, **local_frontend} if name == "frontend" else env
+            procs.append(Proc(name, args, proc_env, stack.root / f"{name}.log"))
         frontend_url = f"http://127.0.0.1:{ports['frontend']}"
         flower_url = f"http://127.0.0.1:{ports['flower']}"
 
-        # Frontend: /v2/, then a monolithic blob push (POST, PUT ?digest= with the body).
+        # Frontend: /v2/ wants credentials; then a monolithic blob push with them
+        # (POST, PUT ?digest= with the body).
         _poll(
             "frontend GET /v2/",
-            lambda: httpx.get(f"{frontend_url}/v2/", timeout=2).status_code == 200,
+            lambda: httpx.get(f"{frontend_url}/v2/", timeout=2).status_code == 401,
             30,
             procs,
         )
+        challenge = httpx.get(f"{frontend_url}/v2/", timeout=2).headers["www-authenticate"]
+        assert challenge.startswith("Basic realm=")
+        wrong = httpx.get(f"{frontend_url}/v2/", auth=(user, "nope"), timeout=5)
+        assert wrong.status_code == 401
         worker = procs[1]
         _poll("worker ready", lambda: " ready." in worker.text(), 30, procs)
         blob = os.urandom(100_000)
         digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-        with httpx.Client(base_url=frontend_url, timeout=30) as http:
+        anonymous = httpx.post(f"{frontend_url}/v2/compose/test/blobs/uploads/", timeout=5)
+        assert anonymous.status_code == 401
+        with httpx.Client(base_url=frontend_url, timeout=30, auth=(user, password)) as http:
             r = http.post("/v2/compose/test/blobs/uploads/")
             assert r.status_code == 202, r.text
             r = http.put(r.headers["Location"], params={"digest": digest}, content=blob)
@@ -305,6 +382,10 @@ def test_the_compose_commands_run_the_pipeline_locally(stack: Stack) -> None:
             head = http.head(f"/v2/compose/test/blobs/{digest}")
             assert head.status_code == 200
             assert int(head.headers["Content-Length"]) == len(blob)
+            # Deletes are off (INGEST_DELETE_ENABLED=false in the file).
+            refused = http.delete(f"/v2/compose/test/blobs/{digest}")
+            assert refused.status_code == 405
+            assert refused.json()["errors"][0]["code"] == "UNSUPPORTED"
         # Committed into the storage root the test gave the processes.
         with stack.ingest.open("compose/test", digest) as stored:
             assert stored.read() == blob
@@ -325,17 +406,30 @@ def test_the_compose_commands_run_the_pipeline_locally(stack: Stack) -> None:
             procs,
         )
 
+        # The compose health check, run as the container would (on our debug port):
+        # the broker, the storage and the worker all answer.
+        check = _command_of_healthcheck(services["frontend"])
+        assert check[0] == "CMD"
+        probe = [
+            str(Path(sys.executable)) if c == "python" else c.replace(":5001/", f":{debug_port}/")
+            for c in check[1:]
+        ]
+        ran_check = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+        assert ran_check.returncode == 0, ran_check.stderr
+        health = httpx.get(f"http://127.0.0.1:{debug_port}/health", timeout=10).json()
+        assert health["status"] == "ok", health
+
         # Flower: basic auth on the API, and it sees the reconcile tasks the worker ran.
         assert httpx.get(f"{flower_url}/api/workers", timeout=5).status_code == 401
         wrong = httpx.get(f"{flower_url}/api/tasks", auth=("ops", "nope"), timeout=5)
         assert wrong.status_code == 401
-        user, password = FLOWER_AUTH.split(":", 1)
+        flower_user, flower_password = FLOWER_AUTH.split(":", 1)
 
         def flower_saw_reconcile() -> bool:
             r = httpx.get(
                 f"{flower_url}/api/tasks",
                 params={"taskname": TASK_RECONCILE, "state": "SUCCESS"},
-                auth=(user, password),
+                auth=(flower_user, flower_password),
                 timeout=5,
             )
             assert r.status_code == 200, r.text

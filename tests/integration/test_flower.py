@@ -33,6 +33,9 @@ pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 
+FLOWER_USER = "ops"
+FLOWER_PASSWORD = "test-only-flower-password"  # noqa: S105 - a test value
+
 
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
@@ -105,8 +108,20 @@ def test_flower_shows_verifications_with_readable_args_errors_and_metrics(
 ) -> None:
     worker = stack.worker()
     log = stack.root / "flower.log"
-    env = {**stack.env, "FLOWER_UNAUTHENTICATED_API": "true"}
-    with flower(env, log, "--enable_events=False") as url, httpx.Client(base_url=url) as http:
+    # Flower always runs with authentication (as in docker-compose.yml and the demo),
+    # from the environment: never on the command line, where `ps` shows it.
+    env = {**stack.env, "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"}
+    with (
+        flower(env, log, "--enable_events=False") as url,
+        httpx.Client(base_url=url, auth=(FLOWER_USER, FLOWER_PASSWORD)) as http,
+    ):
+        # Without credentials, or with wrong ones, the UI and the API refuse.
+        for path in ("/", "/api/workers", "/api/tasks", "/tasks"):
+            r = httpx.get(f"{url}{path}", timeout=5)
+            assert r.status_code == 401, (path, r.status_code)
+        assert httpx.get(f"{url}/api/tasks", auth=(FLOWER_USER, "nope")).status_code == 401
+        assert http.get("/api/workers").status_code == 200
+
         # Events are not stored: wait until Flower has heard this worker's heartbeat
         # (every 2 s), so its receiver is live before any task runs.
         online = f'flower_worker_online{{worker="{worker.name}"}} 1.0'

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -311,3 +312,10 @@ def test_the_main_job_ingests_rejects_retries_and_serves(redis_url: str, tmp_pat
     assert "rejected: DIGEST_INVALID" in run.stdout
     assert "retried with the right digest: committed" in run.stdout
     assert "pushed over the OCI API: 201 Created sha256:" in run.stdout
+    # The debug listener's deep check passes; Flower runs with a password made for the run.
+    assert "health: 200 ok (broker ok" in run.stdout
+    assert re.search(
+        r"^flower: +http://127\.0\.0\.1:\d+ \(user admin, password \S{20,}\)$",
+        run.stdout,
+        re.MULTILINE,
+    ), run.stdout

@@ -13,6 +13,7 @@ from ingest.api import Ingest
 from ingest.commit import Progress, commit_upload
 from ingest.config import Settings
 from ingest.digests import Digest, parse_digest
+from ingest.errors import StorageUnavailable
 from ingest.queue import TaskInfo, TaskQueue
 from ingest.storage.base import StorageDriver
 from ingest.storage.filesystem import FilesystemDriver
@@ -57,6 +58,10 @@ class RecordingQueue:
         self.calls: list[EnqueuedVerify] = []
         self.waited: list[str] = []
         self.prehashes: list[str] = []
+        #: What the health checks see: a broker that answers, and these workers.
+        self.broker_up = True
+        self.workers: list[str] = ["fake-worker@localhost"]
+        self.pings: list[tuple[str, float]] = []
 
     def enqueue_prehash(self, upload_id: str) -> None:
         self.prehashes.append(upload_id)
@@ -95,6 +100,17 @@ class RecordingQueue:
 
     def info(self, task_id: str) -> TaskInfo:
         return TaskInfo(task_id, "PENDING")
+
+    def ping_broker(self, timeout: float) -> None:
+        self.pings.append(("broker", timeout))
+        if not self.broker_up:
+            raise StorageUnavailable("the task broker does not answer", {"error": "fake: down"})
+
+    def ping_workers(self, timeout: float, limit: int | None = None) -> list[str]:
+        self.pings.append(("workers", timeout))
+        if not self.broker_up:
+            raise StorageUnavailable("the task broker does not answer", {"error": "fake: down"})
+        return list(self.workers[:limit] if limit else self.workers)
 
 
 def _conforms(queue: RecordingQueue) -> TaskQueue:
