@@ -25,6 +25,7 @@ Every refusal is :class:`~ingest.errors.ArgumentInvalid` naming the argument.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from ingest import paths
@@ -37,9 +38,12 @@ from ingest.errors import ArgumentInvalid, IngestError
 from ingest.names import validate_name
 
 __all__ = [
+    "MAX_BATCH",
     "MAX_SIZE",
     "MIN_PURGE_AGE",
     "MIN_RECONCILE_GRACE",
+    "BatchEntry",
+    "check_batch",
     "check_flag",
     "check_purge_age",
     "check_reconcile_grace",
@@ -143,3 +147,55 @@ def check_verify_arguments(
         except IngestError as exc:
             _grammar("repository", exc, repository)
     return claimed
+
+
+#: Most entries one batched verification may carry (the frontend sends far fewer).
+MAX_BATCH = 1000
+_BATCH_KEYS = frozenset({"upload_id", "digest", "size", "staged_size", "task_id", "repository"})
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEntry:
+    """One upload of an ``ingest.verify_batch`` message, checked."""
+
+    upload_id: str
+    digest: Digest
+    size: int | None
+    staged_size: int | None
+    task_id: str
+    repository: str | None
+
+
+def check_batch(entries: object) -> list[BatchEntry]:
+    """The argument of ``ingest.verify_batch``: a list of 1 to :data:`MAX_BATCH` entries,
+    each with exactly the keys a frontend sends, checked as a single verification's
+    arguments; ``task_id`` (under which the entry's outcome is stored) is a UUID4.
+    One malformed entry refuses the whole message: only a forged one has any."""
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_BATCH:
+        _refuse("entries", "type", f"entries must be a list of 1 to {MAX_BATCH}", entries)
+    checked = []
+    for entry in entries:
+        if not isinstance(entry, dict) or set(entry) != _BATCH_KEYS:
+            _refuse("entries", "malformed", "an entry has the wrong keys", entry)
+        digest = check_verify_arguments(
+            entry["upload_id"],
+            entry["digest"],
+            entry["size"],
+            entry["repository"],
+            entry["staged_size"],
+        )
+        try:
+            task_id = paths.validate_upload_id(entry["task_id"])
+        except IngestError as exc:
+            _grammar("task_id", exc, entry["task_id"])
+        checked.append(
+            BatchEntry(
+                entry["upload_id"],
+                digest,
+                entry["size"],
+                entry["staged_size"],
+                task_id,
+                entry["repository"],
+            )
+        )
+    return checked

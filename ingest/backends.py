@@ -57,12 +57,15 @@ def task_queue(settings: Settings, app: Celery | None = None) -> TaskQueue:
     """The task queue of ``settings``' broker: over ``app`` in a worker (which has
     its own Celery app), else over a sender-only app of its own."""
     if app is not None:
-        return CeleryTaskQueue(app)
+        return CeleryTaskQueue(app)  # a worker re-sends rarely: no batching
     return CeleryTaskQueue.from_urls(
         settings.broker_url,
         settings.result_backend,
         settings.visibility_timeout,
         settings.redis_ssl_options(),
+        batch_window=settings.batch_window,
+        batch_max=settings.batch_max,
+        batch_max_size=settings.batch_max_size,
     )
 
 

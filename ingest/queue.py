@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ingest.batching import Batcher
 from ingest.config import redis_tls_options
 from ingest.digests import Digest
 from ingest.errors import IngestError, StorageUnavailable, Unknown, VerificationTimeout, from_dict
@@ -31,6 +32,7 @@ __all__ = [
     "TASK_PURGE",
     "TASK_RECONCILE",
     "TASK_VERIFY",
+    "TASK_VERIFY_BATCH",
     "WORKER_QUEUES",
     "CeleryTaskQueue",
     "TaskInfo",
@@ -39,6 +41,8 @@ __all__ = [
 ]
 
 TASK_VERIFY = "ingest.verify_upload"
+#: Several small uploads' verifications in one task (see :mod:`ingest.batching`).
+TASK_VERIFY_BATCH = "ingest.verify_batch"
 TASK_PREHASH = "ingest.prehash_upload"
 TASK_RECONCILE = "ingest.reconcile"
 TASK_PURGE = "ingest.purge_uploads"
@@ -137,6 +141,7 @@ def client_config(
         "task_default_queue": QUEUE_VERIFY,
         "task_routes": {
             TASK_VERIFY: {"queue": QUEUE_VERIFY},
+            TASK_VERIFY_BATCH: {"queue": QUEUE_VERIFY},
             TASK_PREHASH: {"queue": QUEUE_PREHASH},
             TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
             TASK_PURGE: {"queue": QUEUE_MAINTENANCE},
@@ -259,9 +264,23 @@ class _RedisResultWaiter:
 class CeleryTaskQueue:
     """:class:`TaskQueue` over a Celery app (its own, or one passed in)."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        batch_window: float = 0.0,
+        batch_max: int = 1,
+        batch_max_size: int = 0,
+    ) -> None:
+        """``batch_*``: verifications of uploads up to ``batch_max_size`` bytes that
+        finish within ``batch_window`` seconds of each other go out together, at most
+        ``batch_max`` per task (:mod:`ingest.batching`); the defaults send each alone."""
         self.app = app
         self._waiters: dict[int, _RedisResultWaiter] = {}
+        self._batch_max_size = batch_max_size
+        self._batcher: Batcher[dict[str, Any]] = Batcher(
+            self._send_verify, self._send_batch, window=batch_window, max_entries=batch_max
+        )
 
     @classmethod
     def from_urls(
@@ -270,12 +289,13 @@ class CeleryTaskQueue:
         result_backend: str,
         visibility_timeout: int = 3600,
         redis_ssl: Mapping[str, Any] | None = None,
+        **batching: Any,
     ) -> CeleryTaskQueue:
         from celery import Celery
 
         app = Celery("ingest-client", set_as_current=False)
         app.conf.update(client_config(broker_url, result_backend, visibility_timeout, redis_ssl))
-        return cls(app)
+        return cls(app, **batching)
 
     def enqueue_verify(
         self,
@@ -287,23 +307,57 @@ class CeleryTaskQueue:
         staged_size: int,
         repository: str | None = None,
     ) -> None:
+        entry: dict[str, Any] = {
+            "upload_id": upload_id,
+            "digest": str(digest),
+            "size": size,
+            "staged_size": staged_size,
+            "task_id": task_id,
+            "repository": repository,
+        }
+        if staged_size > self._batch_max_size:
+            self._send_verify(entry)  # large: a task of its own, with progress
+        else:
+            self._batcher.submit(entry)
+
+    def _send_verify(self, entry: dict[str, Any]) -> None:
+        upload_id, digest, size = entry["upload_id"], entry["digest"], entry["size"]
+        kwargs: dict[str, Any] = {"staged_size": entry["staged_size"]}
+        if entry["repository"]:
+            kwargs["repository"] = entry["repository"]
+        self._send(
+            TASK_VERIFY,
+            args=(upload_id, digest, size),
+            kwargs=kwargs,
+            task_id=entry["task_id"],
+            # What Flower and `celery inspect` show instead of a raw tuple.
+            argsrepr=f"upload={upload_id} digest={digest} size={size}",
+            kwargsrepr=f"staged_size={entry['staged_size']} repository={entry['repository']}",
+        )
+
+    def _send_batch(self, entries: Sequence[dict[str, Any]]) -> None:
+        import uuid
+
+        self._send(
+            TASK_VERIFY_BATCH,
+            args=(list(entries),),
+            kwargs={},
+            # The batch's own id: each upload's outcome is stored under its entry's.
+            task_id=f"batch-{uuid.uuid4()}",
+            argsrepr="; ".join(f"upload={e['upload_id']} digest={e['digest']}" for e in entries),
+            kwargsrepr="",
+        )
+
+    def _send(self, name: str, **options: Any) -> None:
         from kombu.exceptions import OperationalError
 
-        kwargs: dict[str, Any] = {"staged_size": staged_size}
-        if repository:
-            kwargs["repository"] = repository
         try:
             self.app.send_task(
-                TASK_VERIFY,
-                args=(upload_id, str(digest), size),
-                kwargs=kwargs,
-                task_id=task_id,
-                # What Flower and `celery inspect` show instead of a raw tuple.
-                argsrepr=f"upload={upload_id} digest={digest} size={size}",
-                kwargsrepr=f"staged_size={staged_size} repository={repository}",
+                name,
                 queue=QUEUE_VERIFY,
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5},
+                **options,
             )
         except OperationalError as exc:
             raise StorageUnavailable(

@@ -20,6 +20,7 @@ from ingest.queue import (
     TASK_PURGE,
     TASK_RECONCILE,
     TASK_VERIFY,
+    TASK_VERIFY_BATCH,
 )
 
 task_serializer = "json"
@@ -42,6 +43,7 @@ result_extended = True
 task_default_queue = QUEUE_VERIFY
 task_routes = {
     TASK_VERIFY: {"queue": QUEUE_VERIFY},
+    TASK_VERIFY_BATCH: {"queue": QUEUE_VERIFY},
     TASK_PREHASH: {"queue": QUEUE_PREHASH},
     TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
     TASK_PURGE: {"queue": QUEUE_MAINTENANCE},

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -31,8 +32,10 @@ from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 
-from ingest import backends
+from ingest import backends, logs
 from ingest.arguments import (
+    BatchEntry,
+    check_batch,
     check_flag,
     check_purge_age,
     check_size,
@@ -62,6 +65,7 @@ from ingest.queue import (
     TASK_PURGE,
     TASK_RECONCILE,
     TASK_VERIFY,
+    TASK_VERIFY_BATCH,
     TaskQueue,
 )
 from ingest.storage.base import StorageDriver
@@ -97,11 +101,16 @@ class PolicyRequest(Request):
         super().__init__(*args, **kwargs)
         task = self.task
         if isinstance(task, CheckedTask):
+            margs: Sequence[Any] = ()
+            mkwargs: dict[str, Any] = {}
             try:
-                kwargs = self.kwargs if isinstance(self.kwargs, dict) else {}
+                if isinstance(self.args, list | tuple):
+                    margs = self.args
+                if isinstance(self.kwargs, dict):
+                    mkwargs = self.kwargs
             except Exception:  # noqa: BLE001 - a body that does not decode: its task refuses it
-                kwargs = {}
-            hard = task.time_limits(kwargs)
+                log.debug("limits of an undecodable message %s: the defaults", self.id)
+            hard = task.time_limits(margs, mkwargs)
             self.time_limits = (hard, soft_limit(hard))
 
 
@@ -136,7 +145,7 @@ class CheckedTask(Task[Any, Any]):
         # Not ``queue``: Celery reads a task's ``queue`` attribute as its routing.
         return backends.task_queue(self.settings, self.app)
 
-    def time_limits(self, kwargs: dict[str, Any]) -> int:
+    def time_limits(self, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
         """The hard time limit of one message (the soft one follows from it)."""
         return self.settings.max_time_limit()
 
@@ -173,7 +182,7 @@ class VerifyTask(CheckedTask):
     def max_retries(self) -> int:  # type: ignore[override]
         return self.settings.task_max_retries
 
-    def time_limits(self, kwargs: dict[str, Any]) -> int:
+    def time_limits(self, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
         try:
             staged = check_size("staged_size", kwargs.get("staged_size"))
         except ArgumentInvalid:
@@ -242,6 +251,84 @@ def _final_error(exc: BaseException) -> IngestError:
     return Unknown("verification failed unexpectedly", {"error": type(exc).__name__})
 
 
+class VerifyBatchTask(CheckedTask):
+    """Several small uploads' verifications in one task (:mod:`ingest.batching`).
+
+    Each upload is verified and committed in turn, and its outcome is stored in the
+    result backend under *its own* task id (the one its finish recorded and its
+    waiter listens on) and, for a rejection, in its upload record: one bad digest
+    never touches its neighbours. The batch itself is not retried: an upload that
+    meets a transient fault is handed to a task of its own, under its own id, which
+    has the full retry policy. Acknowledged late and redelivered if the worker
+    dies; every step is idempotent.
+    """
+
+    acks_late = True
+    reject_on_worker_lost = True
+    max_retries = 0
+
+    def time_limits(self, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+        entries = args[0] if args and isinstance(args[0], list) else []
+        staged = [e.get("staged_size") if isinstance(e, dict) else None for e in entries]
+        total = sum(
+            self.settings.time_limit(s if isinstance(s, int) and s >= 0 else None) for s in staged
+        )
+        return min(max(total, 1), self.settings.max_time_limit())
+
+    def verify(self, entry: BatchEntry) -> dict[str, Any]:
+        """Verify and commit one upload; its outcome in a line of the batch's result."""
+        settings = self.settings
+        outcome: dict[str, Any] = {"upload_id": entry.upload_id, "task_id": entry.task_id}
+        try:
+            result = commit_upload(
+                self.driver,
+                entry.upload_id,
+                entry.digest,
+                entry.size,
+                task_id=entry.task_id,
+                chunk_size=settings.verify_chunk,
+                limits=VerifierLimits(settings.tarsum_max_bytes, settings.tarsum_max_ratio),
+            )
+        except StorageUnavailable as exc:
+            log.warning("verification of %s hit %r; retrying it alone", entry.upload_id, exc)
+            self.resend(entry)
+            return {**outcome, "status": "retrying", "code": exc.code}
+        except SoftTimeLimitExceeded:
+            raise  # the batch's time is up: verify_batch hands the rest on
+        except Exception as exc:  # noqa: BLE001 - a verdict, or a fault of this upload alone
+            error = _final_error(exc)
+            self._record(entry, error)
+            return {**outcome, "status": "failed", "code": error.code}
+        self.store_outcome(entry.task_id, result, "SUCCESS")
+        return {**outcome, "status": "committed", "digest": result.get("digest")}
+
+    def _record(self, entry: BatchEntry, error: IngestError) -> None:
+        try:
+            mark_failed(Staging(self.driver), entry.upload_id, error, entry.task_id)
+        except Exception:
+            log.exception("could not record failure of upload %s", entry.upload_id)
+        self.store_outcome(entry.task_id, error, "FAILURE")
+
+    def store_outcome(self, task_id: str, value: Any, state: str) -> None:
+        """Publish one upload's outcome where its waiter listens (its task id)."""
+        try:
+            if state == "FAILURE":
+                self.backend.mark_as_failure(task_id, value)
+            else:
+                self.backend.store_result(task_id, value, state)
+        except Exception:  # the record in storage stands; reconcile finds the rest
+            log.exception("could not publish the outcome of task %s", task_id)
+
+    def resend(self, entry: BatchEntry) -> None:
+        """Hand one upload to a verification task of its own, under its own id."""
+        verify_upload.apply_async(
+            args=(entry.upload_id, str(entry.digest), entry.size),
+            kwargs={"staged_size": entry.staged_size, "repository": entry.repository},
+            task_id=entry.task_id,
+            countdown=1,
+        )
+
+
 class PrehashTask(CheckedTask):
     """Acknowledged on receipt and never retried: a prehash is an optimisation, and a
     lost one only means the verification reads the bytes itself (see ingest.prehash)."""
@@ -270,7 +357,7 @@ class FsckTask(CheckedTask):
     acks_late = False
     max_retries = 0
 
-    def time_limits(self, kwargs: dict[str, Any]) -> int:
+    def time_limits(self, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
         return self.settings.fsck_time_limit()
 
 
@@ -302,6 +389,28 @@ def verify_upload(
         chunk_size=settings.verify_chunk,
         limits=VerifierLimits(settings.tarsum_max_bytes, settings.tarsum_max_ratio),
     )
+
+
+@app.task(bind=True, base=VerifyBatchTask, name=TASK_VERIFY_BATCH)
+def verify_batch(self: VerifyBatchTask, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Verify and commit several small uploads, each with its own outcome."""
+    checked = check_batch(entries)  # before any storage access
+    outcomes: list[dict[str, Any]] = []
+    for i, entry in enumerate(checked):
+        with logs.bind(upload_id=entry.upload_id, task_id=entry.task_id):
+            try:
+                outcomes.append(self.verify(entry))
+            except SoftTimeLimitExceeded:
+                timeout = VerificationTimeout(detail={"upload_id": entry.upload_id})
+                self._record(entry, timeout)
+                outcomes.append({"upload_id": entry.upload_id, "status": "failed"})
+                for rest in checked[i + 1 :]:
+                    self.resend(rest)
+                    outcomes.append({"upload_id": rest.upload_id, "status": "retrying"})
+                break
+    committed = sum(o["status"] == "committed" for o in outcomes)
+    log.info("batch of %d: %d committed", len(checked), committed)
+    return {"uploads": len(checked), "committed": committed, "outcomes": outcomes}
 
 
 @app.task(bind=True, base=PrehashTask, name=TASK_PREHASH)

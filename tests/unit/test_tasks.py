@@ -14,7 +14,7 @@ from ingest.commit import commit_upload
 from ingest.errors import DigestInvalid, StorageUnavailable
 from ingest.storage.filesystem import FilesystemDriver
 from ingest.uploads import Staging, UploadRecord, UploadState
-from tests.unit.fakes import worker_settings
+from tests.unit.fakes import sha256, worker_settings
 from workers import tasks
 from workers.app import app
 
@@ -209,3 +209,130 @@ def test_the_injected_backends_leave_celerys_own_task_attributes_alone() -> None
         assert getattr(task, "queue", None) is None
         route = app.amqp.router.route({}, task.name)
         assert route["queue"].name in ("verify", "maintenance")
+
+
+# -- batched verifications ------------------------------------------------------------
+
+
+def batch_entry(driver: FilesystemDriver, data: bytes, digest: str) -> dict[str, Any]:
+    """A finished upload and the batch entry a frontend would send for it."""
+    import uuid
+
+    staging = Staging(driver)
+    info = staging.create("unit/batch")
+    w = driver.writer(paths.upload_data_path(info.id), append=True)
+    w.write(data)
+    w.commit()
+    w.close()
+    task_id = str(uuid.uuid4())
+    staging.transition(
+        info.id,
+        staging.state(info.id),
+        UploadState.FINISHING,
+        claimed_digest=digest,
+        size=len(data),
+        task_id=task_id,
+    )
+    return {
+        "upload_id": info.id,
+        "digest": digest,
+        "size": None,
+        "staged_size": len(data),
+        "task_id": task_id,
+        "repository": "unit/batch",
+    }
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[str, Any]]:
+    """Per-task outcomes the batch publishes, instead of a result backend."""
+    seen: dict[str, tuple[str, Any]] = {}
+
+    def store(task_id: str, value: Any, state: str) -> None:
+        seen[task_id] = (state, value)
+
+    monkeypatch.setattr(tasks.verify_batch, "store_outcome", store)
+    return seen
+
+
+def test_a_batch_commits_each_upload_and_isolates_a_bad_digest(
+    storage: FilesystemDriver, published: dict[str, tuple[str, Any]]
+) -> None:
+    entries = [
+        batch_entry(storage, b"first blob", sha256(b"first blob")),
+        batch_entry(storage, b"second blob", sha256(b"something else")),  # a lie
+        batch_entry(storage, b"third blob", sha256(b"third blob")),
+    ]
+    storage_state = Staging(storage)
+    summary = tasks.verify_batch(entries)
+    assert (summary["uploads"], summary["committed"]) == (3, 2)
+    for entry in (entries[0], entries[2]):
+        state, value = published[entry["task_id"]]
+        assert state == "SUCCESS"
+        assert value["status"] == "committed"
+        assert storage_state.result(entry["upload_id"]) is not None
+    state, error = published[entries[1]["task_id"]]
+    assert state == "FAILURE"
+    assert isinstance(error, DigestInvalid)
+    record = storage_state.state(entries[1]["upload_id"])
+    assert record.state is UploadState.FAILED
+    assert record.error is not None
+    assert record.error["code"] == "DIGEST_INVALID"
+
+
+def test_a_transient_fault_hands_just_that_upload_to_a_task_of_its_own(
+    storage: FilesystemDriver,
+    published: dict[str, tuple[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entries = [batch_entry(storage, d, sha256(d)) for d in (b"one", b"two", b"three")]
+    flaky = entries[0]["upload_id"]
+    real = commit_upload
+
+    def commit(driver: Any, upload_id: str, *args: Any, **kwargs: Any) -> Any:
+        if upload_id == flaky:
+            raise StorageUnavailable("disk hiccup")
+        return real(driver, upload_id, *args, **kwargs)
+
+    resent: list[str] = []
+    monkeypatch.setattr(tasks, "commit_upload", commit)
+    monkeypatch.setattr(tasks.verify_batch, "resend", lambda e: resent.append(e.task_id))
+    summary = tasks.verify_batch(entries)
+    assert resent == [entries[0]["task_id"]]
+    assert summary["committed"] == 2
+    assert entries[0]["task_id"] not in published  # its own task will publish it
+    assert Staging(storage).state(flaky).state is UploadState.FINISHING  # not failed
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [],
+        "not a list",
+        [{"upload_id": "x"}],
+        [
+            {
+                **dict.fromkeys(("upload_id", "digest", "size", "staged_size", "repository")),
+                "task_id": "t",
+            }
+        ],
+    ],
+)
+def test_a_malformed_batch_is_refused_before_touching_storage(
+    storage: FilesystemDriver, entries: Any
+) -> None:
+    from ingest.errors import ArgumentInvalid
+
+    res = tasks.verify_batch.apply(args=(entries,))
+    assert isinstance(res.result, ArgumentInvalid)
+
+
+def test_a_batchs_time_limit_is_the_sum_of_its_uploads_capped_at_the_longest() -> None:
+    settings = app.conf.ingest_settings
+    entries = [{"staged_size": 1 << 20}, {"staged_size": 2 << 20}]
+    limit = tasks.verify_batch.time_limits([entries], {})
+    assert limit == min(
+        settings.time_limit(1 << 20) + settings.time_limit(2 << 20), settings.max_time_limit()
+    )
+    many = [{"staged_size": settings.max_blob_size}] * 3
+    assert tasks.verify_batch.time_limits([many], {}) == settings.max_time_limit()
