@@ -1,15 +1,26 @@
-"""Blob push throughput: our frontend + Celery verification vs the Go reference registry.
+"""Blob push throughput: our frontend + Celery verification vs the Go registries.
 
     .venv/bin/python bench/bench_push.py [--rounds 3] [--workloads mono-1g small-64k ...]
+        [--peers v3,2.8] [--v3-bin /tmp/anchors-scratch/bin/registry-v3]
         [--scale 1.0] [--frontends 1] [--worker-concurrency 2] [--worker-pool prefork]
         [--worker-procs 1] [--tmpdir /tmp] [--profile DIR] [--drop-caches]
 
 Starts, on 127.0.0.1 free ports in a temporary directory, and tears down at the end:
 
 * ours: a private ``redis-server`` (devtools.localredis), ``--frontends`` uvicorn
-  processes (``python -m ingest.cli serve --workers N``) and ``--worker-procs``
-  Celery workers (devtools.devstack) with ``--worker-concurrency`` pool slots each;
-* Go: Debian's ``docker-registry serve`` with ``/work/shared/anchors/go-registry.yml``.
+  processes (``python -m ingest.cli serve --workers N``, with ``INGEST_AUTH=none``:
+  open, like the Go peers) and ``--worker-procs`` Celery workers (devtools.devstack)
+  with ``--worker-concurrency`` pool slots each;
+* peer ``v3``: distribution v3 (``cmd/registry``, built from a snapshot of
+  distribution/distribution by ``/work/shared/anchors/build_registry_v3.sh``, binary
+  ``--v3-bin``) serving a copy of ``/work/shared/anchors/go-registry-v3.yml`` with
+  its storage root and address rewritten, OpenTelemetry exporters off;
+* peer ``2.8``: Debian's ``docker-registry serve`` (distribution 2.8.x) with
+  ``/work/shared/anchors/go-registry.yml``.
+
+``--peers`` picks the peers (comma-separated); by default both, and a peer whose
+binary is missing is skipped with a note (on stderr at the start and again under
+the tables). A peer named in ``--peers`` that is missing is an error (exit 2).
 
 Workloads (``--scale`` multiplies the counts of the many-blob workloads and the
 size of the single-blob ones):
@@ -24,13 +35,19 @@ shared random buffer), so no server can deduplicate; digests are computed before
 the clock starts. The client is ``bench/httpclient.py`` (keep-alive, raw sockets,
 one connection per thread). Only 201 counts as success for the final PUT.
 
-Per workload and round the two sides alternate (who goes first flips every
-round). Measured per run: wall time from the first POST to the last 201, and the
+Per workload and round the sides run one after the other, ours / v3 / 2.8, and
+the order rotates every round (with three sides, each goes first once in three
+rounds). Measured per run: wall time from the first POST to the last 201, the
 server CPU seconds (utime+stime of every process in the server trees, from
-/proc, as a delta around the run). After each run, untimed: every blob is
+/proc, as a delta around the run), and per blob the time from sending the
+finishing PUT to its 201. After each run, untimed: every blob is
 HEADed (200, Content-Length, Docker-Content-Digest), a sample is GOT and hashed
 (all of them for single-blob workloads), then ``sync`` so neither side pays the
-other's writeback. Medians over the rounds are printed as a markdown table.
+other's writeback. Medians over the rounds are printed as markdown tables:
+throughput with the ratio ours/peer for every peer and server CPU; CPU by role
+and server CPU per blob for every side; and finishing PUT → 201 latency, p50 and
+p90 per side (per round over its blobs, then the median over the rounds) for the
+workloads where it means the finish (not ``mono-1g``, whose PUT is the upload).
 
 Exit status: 0 if every push and every verification succeeded, 1 otherwise,
 2 if a server could not be started.
@@ -42,6 +59,7 @@ import argparse
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -50,7 +68,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -70,6 +88,9 @@ BASE_SIZE = 64 * MIB  # the shared random content after the prefix
 SMALL_BODY = 256 * KIB  # bodies up to this size are built in one piece
 GO_CONFIG = Path("/work/shared/anchors/go-registry.yml")
 GO_BINARY = "docker-registry"
+GO_V3_CONFIG = Path("/work/shared/anchors/go-registry-v3.yml")
+GO_V3_BINARY = Path("/tmp/anchors-scratch/bin/registry-v3")
+GO_V3_BUILD = "bash /work/shared/anchors/build_registry_v3.sh GIT_DIR, see shared/anchors/README.md"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -384,39 +405,51 @@ class OursServer:
 
 
 class GoServer:
-    """Debian's docker-registry (distribution 2.8.x) on a loopback port."""
+    """Debian's docker-registry (distribution 2.8.x) on a loopback port.
+
+    ``name`` is the side's label in the output ("Go" unless told otherwise)."""
 
     name = "Go"
+    what = GO_BINARY
 
-    def __init__(self, root: Path, config: Path = GO_CONFIG) -> None:
+    def __init__(self, root: Path, config: Path = GO_CONFIG, *, name: str | None = None) -> None:
         self.root = root
         self.config = config
+        if name is not None:
+            self.name = name
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "registry.log"
 
-    def start(self) -> GoServer:
+    def binary(self) -> str:
         binary = shutil.which(GO_BINARY)
         if binary is None:
             raise RuntimeError(f"{GO_BINARY} not found on PATH (apt-get install docker-registry)")
-        if not self.config.is_file():
-            raise RuntimeError(f"Go registry config {self.config} not found")
-        (self.root / "data").mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
+        return binary
+
+    def prepare(self) -> tuple[Path, dict[str, str]]:
+        """The config file to serve and the environment added to ours."""
+        return self.config, {
             "REGISTRY_HTTP_ADDR": f"127.0.0.1:{self.port}",
             "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(self.root / "data"),
         }
+
+    def start(self) -> GoServer:
+        binary = self.binary()
+        if not self.config.is_file():
+            raise RuntimeError(f"Go registry config {self.config} not found")
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        config, extra = self.prepare()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [binary, "serve", str(self.config)],
-                env=env,
+                [binary, "serve", str(config)],
+                env={**os.environ, **extra},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        _wait_http(self.port, self.proc, "docker-registry", self.log, 30.0)
+        _wait_http(self.port, self.proc, self.what, self.log, 30.0)
         return self
 
     def pids(self) -> dict[str, list[int]]:
@@ -425,6 +458,62 @@ class GoServer:
     def stop(self) -> None:
         _stop_group(self.proc)
         self.proc = None
+
+
+def v3_binary_problem(path: Path) -> str | None:
+    """Why ``path`` cannot serve as the v3 registry binary, or None if it can."""
+    if not path.is_file():
+        return f"{path} does not exist (build it: {GO_V3_BUILD})"
+    if not os.access(path, os.X_OK):
+        return f"{path} is not executable"
+    return None
+
+
+class GoV3Server(GoServer):
+    """distribution v3 (``cmd/registry``, built by ``GO_V3_BUILD``) on a loopback port.
+
+    Serves a copy of ``go-registry-v3.yml`` whose storage root and listen address
+    are rewritten for this run, with OpenTelemetry's exporters off (v3 would
+    otherwise try to export traces to a collector)."""
+
+    name = "v3"
+    what = "registry-v3"
+
+    def __init__(
+        self,
+        root: Path,
+        binary: Path = GO_V3_BINARY,
+        config: Path = GO_V3_CONFIG,
+        *,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(root, config, name=name)
+        self.binary_path = binary
+
+    def binary(self) -> str:
+        problem = v3_binary_problem(self.binary_path)
+        if problem is not None:
+            raise RuntimeError(f"v3 registry binary: {problem}")
+        return str(self.binary_path)
+
+    def prepare(self) -> tuple[Path, dict[str, str]]:
+        text = self.config.read_text()
+        for key, value in (
+            ("rootdirectory", str(self.root / "data")),
+            ("addr", f"127.0.0.1:{self.port}"),
+        ):
+            text, n = re.subn(
+                rf"^(\s*{key}:).*$", rf"\g<1> {value}", text, count=0, flags=re.MULTILINE
+            )
+            if n != 1:
+                raise RuntimeError(f"{self.config}: expected one '{key}:' line, found {n}")
+        config = self.root / "config.yml"
+        config.write_text(text)
+        return config, {
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+        }
 
 
 def server_cpu(server: Server) -> dict[str, float]:
@@ -778,51 +867,180 @@ def _cell(rs: list[RunResult], wl: Workload) -> str:
     return f"{_median(rs, lambda r: r.blobs_s):.1f} blobs/s, {mib:.0f} MiB/s"
 
 
-def table(results: list[RunResult], workloads: list[Workload]) -> str:
+def _label(side: str) -> str:
+    """A peer's column title: "Go" stays, "v3" becomes "Go v3"."""
+    return side if side.startswith("Go") else f"Go {side}"
+
+
+def _side(results: list[RunResult], wl: Workload, side: str) -> list[RunResult]:
+    return [r for r in results if r.workload == wl.name and r.side == side]
+
+
+def table(
+    results: list[RunResult], workloads: list[Workload], peers: Sequence[str] = ("Go",)
+) -> str:
+    """Throughput and server CPU, medians over rounds; one ratio column per peer."""
     lines = [
-        "| workload | ours | Go | ratio ours/Go | our CPU s | Go CPU s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| workload | ours | "
+        + " | ".join(_label(n) for n in peers)
+        + " | "
+        + " | ".join(f"ratio ours/{n}" for n in peers)
+        + " | our CPU s | "
+        + " | ".join(f"{n} CPU s" for n in peers)
+        + " |",
+        "| --- " * (2 + 3 * len(peers)) + "| --- |",
     ]
     for wl in workloads:
-        ours = [r for r in results if r.workload == wl.name and r.side == "ours"]
-        go = [r for r in results if r.workload == wl.name and r.side == "Go"]
-        if not ours or not go:
+        ours = _side(results, wl, "ours")
+        sides = [_side(results, wl, n) for n in peers]
+        if not ours or not any(sides):
             continue
-
-        ratio = _median(ours, lambda r: r.mib_s) / _median(go, lambda r: r.mib_s)
-        bad = sum(len(r.failures) + len(r.verify_failures) for r in ours + go)
+        ratios = [
+            f"**{_median(ours, lambda r: r.mib_s) / _median(rs, lambda r: r.mib_s):.2f}**"
+            if rs
+            else "n/a"
+            for rs in sides
+        ]
+        bad = sum(len(r.failures) + len(r.verify_failures) for rs in (ours, *sides) for r in rs)
         flag = f" ⚠ {bad} failed" if bad else ""
-        lines.append(
-            f"| {wl.describe()}{flag} | {_cell(ours, wl)} | {_cell(go, wl)} | **{ratio:.2f}** "
-            f"| {_median(ours, lambda r: r.server_cpu):.2f} "
-            f"| {_median(go, lambda r: r.server_cpu):.2f} |"
-        )
+        cells = [
+            f"{wl.describe()}{flag}",
+            _cell(ours, wl),
+            *(_cell(rs, wl) if rs else "n/a" for rs in sides),
+            *ratios,
+            f"{_median(ours, lambda r: r.server_cpu):.2f}",
+            *(f"{_median(rs, lambda r: r.server_cpu):.2f}" if rs else "n/a" for rs in sides),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 _ROLES = ("frontend", "worker", "redis")
 
 
-def cpu_breakdown(results: list[RunResult], workloads: list[Workload]) -> str:
+def _cpu_per_blob(rs: list[RunResult]) -> str:
+    if not rs:
+        return "n/a"
+    return f"{_median(rs, lambda r: 1000 * r.server_cpu / max(1, r.pushed)):.2f}"
+
+
+def cpu_breakdown(
+    results: list[RunResult], workloads: list[Workload], peers: Sequence[str] = ("Go",)
+) -> str:
+    """Our CPU by role, and server CPU per pushed blob for every side (medians)."""
     lines = [
-        "| workload | frontend CPU s | worker CPU s | redis CPU s | our CPU ms/blob "
-        "| Go CPU ms/blob | client CPU s (ours / Go) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| workload | frontend CPU s | worker CPU s | redis CPU s | our CPU ms/blob | "
+        + " | ".join(f"{n} CPU ms/blob" for n in peers)
+        + f" | client CPU s (ours / {' / '.join(peers)}) |",
+        "| --- " * (5 + len(peers)) + "| --- |",
     ]
     for wl in workloads:
-        ours = [r for r in results if r.workload == wl.name and r.side == "ours"]
-        go = [r for r in results if r.workload == wl.name and r.side == "Go"]
-        if not ours or not go:
+        ours = _side(results, wl, "ours")
+        sides = [_side(results, wl, n) for n in peers]
+        if not ours or not any(sides):
             continue
         role = {k: statistics.median(r.cpu.get(k, 0.0) for r in ours) for k in _ROLES}
-        lines.append(
-            f"| {wl.name} | {role['frontend']:.2f} | {role['worker']:.2f} | {role['redis']:.2f} "
-            f"| {_median(ours, lambda r: 1000 * r.server_cpu / max(1, r.pushed)):.2f} "
-            f"| {_median(go, lambda r: 1000 * r.server_cpu / max(1, r.pushed)):.2f} "
-            f"| {_median(ours, lambda r: r.client_cpu):.2f} / "
-            f"{_median(go, lambda r: r.client_cpu):.2f} |"
+        client = " / ".join(
+            f"{_median(rs, lambda r: r.client_cpu):.2f}" if rs else "n/a" for rs in (ours, *sides)
         )
+        cells = [
+            wl.name,
+            f"{role['frontend']:.2f}",
+            f"{role['worker']:.2f}",
+            f"{role['redis']:.2f}",
+            _cpu_per_blob(ours),
+            *(_cpu_per_blob(rs) for rs in sides),
+            client,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def finish_latency(
+    results: list[RunResult], workloads: list[Workload], peers: Sequence[str] = ("Go",)
+) -> str:
+    """Finishing PUT → 201, per blob: the time from sending the final PUT to its 201
+    (``Timing.put``). Per round p50 and p90 over the round's blobs, then the median of
+    each over the rounds. Shown for the many-blob workloads (the PUT carries the
+    blob's body, sent with the head up to 256 KiB) and the chunked one (an empty PUT:
+    the finish alone, one sample per round); not for ``mono-1g``, whose PUT is the
+    whole upload."""
+    lines = [
+        "| workload | final PUT carries | ours p50 / p90 ms | "
+        + " | ".join(f"{n} p50 / p90 ms" for n in peers)
+        + " | "
+        + " | ".join(f"p50 ours/{n}" for n in peers)
+        + " |",
+        "| --- " * (2 + 2 * len(peers)) + "| --- |",
+    ]
+
+    def pcts(rs: list[RunResult]) -> tuple[float, float]:
+        per_round = [[t.put * 1000 for t in r.timings] for r in rs if r.timings]
+        if not per_round:
+            return float("nan"), float("nan")
+        return (
+            statistics.median(_pct(v, 0.5) for v in per_round),
+            statistics.median(_pct(v, 0.9) for v in per_round),
+        )
+
+    for wl in workloads:
+        if wl.count == 1 and wl.chunk is None:
+            continue
+        ours = _side(results, wl, "ours")
+        sides = [_side(results, wl, n) for n in peers]
+        if not ours or not any(sides):
+            continue
+        o50, o90 = pcts(ours)
+        cells = [wl.name, "nothing (empty)" if wl.chunk else f"{_fmt_size(wl.size)} body"]
+        cells.append(f"{o50:.2f} / {o90:.2f}")
+        ratios = []
+        for rs in sides:
+            if not rs:
+                cells.append("n/a")
+                ratios.append("n/a")
+                continue
+            p50, p90 = pcts(rs)
+            cells.append(f"{p50:.2f} / {p90:.2f}")
+            ratios.append(f"**{o50 / p50:.2f}**")
+        lines.append("| " + " | ".join(cells + ratios) + " |")
+    return "\n".join(lines)
+
+
+PEERS = ("v3", "2.8")
+
+
+def choose_peers(spec: str | None, v3_bin: Path) -> tuple[list[str], list[str]]:
+    """(peers to run, notes). ``spec`` None: every peer that is available, saying why
+    one is skipped; a peer asked for by name that is missing raises RuntimeError."""
+    if spec is None:
+        wanted, explicit = list(PEERS), False
+    else:
+        wanted = [n.strip() for n in spec.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in PEERS]
+        if unknown or not wanted:
+            raise ValueError(f"--peers: {spec!r}: choose from {', '.join(PEERS)}")
+        wanted, explicit = list(dict.fromkeys(wanted)), True
+    peers: list[str] = []
+    notes: list[str] = []
+    for name in wanted:
+        if name == "v3":
+            problem = v3_binary_problem(v3_bin)
+            problem = None if problem is None else f"the v3 registry binary {problem}"
+        else:
+            problem = (
+                None
+                if shutil.which(GO_BINARY)
+                else f"{GO_BINARY} (2.8) is not on PATH (apt-get install docker-registry)"
+            )
+        if problem is None:
+            peers.append(name)
+        elif explicit:
+            raise RuntimeError(f"peer {name} was asked for, but {problem}")
+        else:
+            notes.append(f"SKIPPING peer {name}: {problem}")
+    if not peers:
+        raise RuntimeError("no peer to measure against: " + "; ".join(notes))
+    return peers, notes
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -869,9 +1087,31 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="strace -c (syscall counts) every server process during every run into DIR",
     )
+    p.add_argument(
+        "--peers",
+        metavar="LIST",
+        help="comma-separated Go registries to measure against, of v3 (distribution v3, "
+        "--v3-bin) and 2.8 (Debian's docker-registry); default: both, skipping one whose "
+        "binary is missing (a peer named here must be there)",
+    )
+    p.add_argument(
+        "--v3-bin",
+        type=Path,
+        default=GO_V3_BINARY,
+        help=f"the distribution v3 registry binary (default {GO_V3_BINARY})",
+    )
     args = p.parse_args(argv)
     if args.rounds < 1 or args.scale <= 0:
         p.error("--rounds must be ≥ 1 and --scale > 0")
+    try:
+        peer_names, notes = choose_peers(args.peers, args.v3_bin)
+    except ValueError as exc:
+        p.error(str(exc))
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     workloads = [WORKLOADS[n].scaled(args.scale) for n in args.workloads]
@@ -892,21 +1132,32 @@ def main(argv: list[str] | None = None) -> int:
             )
             servers.append(ours)
             ours.start()
-            go = GoServer(tmp / "go")
-            servers.append(go)
-            go.start()
+            peers: list[GoServer] = []
+            for name in peer_names:
+                peer = (
+                    GoV3Server(tmp / "go-v3", args.v3_bin)
+                    if name == "v3"
+                    else GoServer(tmp / "go-2.8", name="2.8")
+                )
+                servers.append(peer)
+                peers.append(peer)
+                peer.start()
         except (RuntimeError, OSError) as exc:
             print(f"error: could not start the servers: {exc}", file=sys.stderr)
             return 2
         print(
             f"ours: port {ours.port}, {args.frontends} frontend(s), {args.worker_procs} worker(s) "
-            f"x {args.worker_pool} -c {args.worker_concurrency}, pids {ours.pids()}\n"
-            f"Go:   port {go.port}, pids {go.pids()}",
+            f"x {args.worker_pool} -c {args.worker_concurrency}, pids {ours.pids()}",
             flush=True,
         )
+        for peer in peers:
+            print(f"{_label(peer.name)}: port {peer.port}, pids {peer.pids()}", flush=True)
+        for note in notes:
+            print(f"note: {note}", flush=True)
+        sides: list[OursServer | GoServer] = [ours, *peers]
         # Warm-up (untimed, not reported): imports, connections, first-use paths.
         warm = Workload("warmup", "warm-up", 16, 256 * KIB, 4)
-        for s in (ours, go):
+        for s in sides:
             w = run_one(s, content, warm, -1, nonce, args.timeout, Profiler())
             if w.failures or w.verify_failures:
                 print(f"warm-up against {s.name} failed:", file=sys.stderr)
@@ -916,7 +1167,9 @@ def main(argv: list[str] | None = None) -> int:
         profiler = Profiler(args.profile, args.strace)
         for rnd in range(args.rounds):
             for wl in workloads:
-                order: list[OursServer | GoServer] = [ours, go] if rnd % 2 == 0 else [go, ours]
+                # The order rotates every round: each side goes first once in len(sides).
+                k = rnd % len(sides)
+                order = sides[k:] + sides[:k]
                 for s in order:
                     r = run_one(
                         s,
@@ -937,9 +1190,15 @@ def main(argv: list[str] | None = None) -> int:
             f"({args.worker_pool}, concurrency {args.worker_concurrency}); medians of "
             f"{args.rounds} round(s); scale {args.scale}\n"
         )
-        print(table(results, workloads))
+        print(table(results, workloads, peer_names))
         print()
-        print(cpu_breakdown(results, workloads))
+        print(cpu_breakdown(results, workloads, peer_names))
+        latency = finish_latency(results, workloads, peer_names)
+        if latency.count("\n") > 1:
+            print()
+            print(latency)
+        for note in notes:
+            print(f"\nnote: {note}")
         bad = [m for r in results for m in r.failures + r.verify_failures]
         if bad:
             print(f"\n{len(bad)} failure(s); first ones:", file=sys.stderr)
