@@ -9,8 +9,11 @@ in turn, recording each upload's own outcome under its own task id (see
 
 How a batch forms (leader and followers, no thread of its own):
 
-* A finish with no other finish in the last ``window`` seconds is sent at once,
-  alone: an idle or sequential client pays no added latency.
+* A finish is sent at once, alone, unless the process is busy: another finish in
+  the last ``window`` seconds *and* (when the caller can tell) other finishes still
+  waiting for their outcome. So an idle or a sequential client -- whose previous
+  finish has already committed -- pays no added latency; only concurrent load,
+  where a short wait is repaid many times over in CPU, is batched.
 * Otherwise it opens a batch and, as its *leader*, waits up to ``window`` for
   others to join (or until ``max_entries`` have); followers block until the
   leader has sent the batch. Every caller then learns whether *its* send
@@ -52,12 +55,16 @@ class Batcher(Generic[T]):
         *,
         window: float,
         max_entries: int,
+        company: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``company``: whether other finishes are under way (their outcomes awaited),
+        i.e. whether more are likely to arrive within the window."""
         self._send_one = send_one
         self._send_many = send_many
         self.window = window
         self.max_entries = max(1, max_entries)
+        self._company = company
         self._clock = clock
         self._lock = threading.Lock()
         self._joined = threading.Condition(self._lock)
@@ -72,7 +79,9 @@ class Batcher(Generic[T]):
             return
         with self._lock:
             now = self._clock()
-            quiet = now - self._last_submit > self.window
+            quiet = now - self._last_submit > self.window or (
+                self._company is not None and not self._company()
+            )
             self._last_submit = now
             batch = self._current
             if batch is not None and batch.open and len(batch.entries) < self.max_entries:

@@ -276,15 +276,16 @@ class Settings:
     verify_chunk: int = _positive(SIZE, 4 << 20, "read size of the verification pass")
     batch_window: float = _not_negative(
         DURATION,
-        0.005,
-        "finishes of small uploads arriving within this window of each other go to the "
-        "workers as one task (each upload keeps its own outcome); a finish with no "
-        "other in the last window is sent at once. `0` sends every verification alone",
+        0.05,
+        "under concurrent load (other finishes awaiting their outcome, one in the last "
+        "window), a small upload's finish waits up to this long for others and they go "
+        "to the workers as one task, each upload keeping its own outcome; an idle or "
+        "sequential client's finish is sent at once. `0` sends every verification alone",
     )
     batch_max: int = _positive(COUNT, 32, "most uploads one batched verification carries")
     batch_max_size: int = _not_negative(
         SIZE,
-        8 << 20,
+        1 << 20,
         "uploads larger than this are verified by a task of their own (with progress)",
     )
     prehash_min_size: int = _not_negative(

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -278,9 +279,26 @@ class CeleryTaskQueue:
         self.app = app
         self._waiters: dict[int, _RedisResultWaiter] = {}
         self._batch_max_size = batch_max_size
+        # Outcomes being waited for right now: other finishes under way.
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         self._batcher: Batcher[dict[str, Any]] = Batcher(
-            self._send_verify, self._send_batch, window=batch_window, max_entries=batch_max
+            self._send_verify,
+            self._send_batch,
+            window=batch_window,
+            max_entries=batch_max,
+            company=lambda: self._waiting > 0,
         )
+
+    @contextlib.contextmanager
+    def _awaited(self) -> Iterator[None]:
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            yield
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
 
     @classmethod
     def from_urls(
@@ -381,6 +399,14 @@ class CeleryTaskQueue:
             ) from exc
 
     def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
+        with self._awaited():
+            return self._wait(task_id, timeout)
+
+    async def wait_async(self, task_id: str, timeout: float) -> dict[str, Any]:
+        with self._awaited():
+            return await self._wait_async(task_id, timeout)
+
+    def _wait(self, task_id: str, timeout: float) -> dict[str, Any]:
         from celery.exceptions import TimeoutError as CeleryTimeout
 
         res = self.app.AsyncResult(task_id)
@@ -400,11 +426,11 @@ class CeleryTaskQueue:
             return value
         raise _error_from_result(value, task_id)
 
-    async def wait_async(self, task_id: str, timeout: float) -> dict[str, Any]:
+    async def _wait_async(self, task_id: str, timeout: float) -> dict[str, Any]:
         backend_url = str(self.app.conf.result_backend or "")
         if not backend_url.startswith(("redis://", "rediss://", "unix://")):
             # Other backends have no push channel: block a worker thread instead.
-            return await asyncio.to_thread(self.wait, task_id, timeout)
+            return await asyncio.to_thread(self._wait, task_id, timeout)
         loop_id = id(asyncio.get_running_loop())
         waiter = self._waiters.get(loop_id)
         if waiter is None:

@@ -3,8 +3,11 @@ and every upload still gets its own outcome, waiter, status and retry."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 import pytest
 
 from ingest.api import Ticket
-from ingest.errors import DigestInvalid
+from ingest.errors import DigestInvalid, VerificationTimeout
 from ingest.queue import CeleryTaskQueue
 from tests.integration.conftest import Stack
 
@@ -26,7 +29,7 @@ def sha256(data: bytes) -> str:
 def test_concurrent_finishes_share_a_task_and_each_upload_keeps_its_own_outcome(
     redis_url: str, tmp_path: Path
 ) -> None:
-    stack = Stack(redis_url, tmp_path, INGEST_BATCH_WINDOW="300ms", INGEST_BATCH_MAX="8")
+    stack = Stack(redis_url, tmp_path, INGEST_BATCH_WINDOW="1s", INGEST_BATCH_MAX="8")
     stack.worker()
     try:
         ing = stack.ingest
@@ -52,6 +55,15 @@ def test_concurrent_finishes_share_a_task_and_each_upload_keeps_its_own_outcome(
         warm = ing.start_upload(repo)
         warm.write(b"warm-up")
         warm.finish(sha256(b"warm-up")).wait(60)  # recent activity: the next ones batch
+
+        def another_client_waiting() -> None:
+            # Company: some other finish's outcome is awaited meanwhile.
+            with contextlib.suppress(VerificationTimeout):
+                queue.wait(str(uuid.uuid4()), 5)
+
+        waiter = threading.Thread(target=another_client_waiting)
+        waiter.start()
+        time.sleep(0.2)
         tickets: list[Ticket | None] = [None] * len(uploads)
         start = threading.Barrier(len(uploads))
 
@@ -64,6 +76,7 @@ def test_concurrent_finishes_share_a_task_and_each_upload_keeps_its_own_outcome(
             t.start()
         for t in threads:
             t.join(30)
+        waiter.join(10)
         assert batches, "no batch was sent"
         assert sum(batches) >= 2
         for i, ticket in enumerate(tickets):

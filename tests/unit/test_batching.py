@@ -111,3 +111,23 @@ def test_batching_switched_off_sends_each_alone(window: float, cap: int) -> None
     batcher.submit(0)
     assert submit_together(batcher, [1, 2, 3]) == [None] * 3
     assert (sorted(sends.singles), sends.batches) == ([0, 1, 2, 3], [])
+
+
+def test_without_company_a_finish_goes_at_once_even_right_after_another() -> None:
+    # A sequential client: its previous finish committed, nobody else is waiting.
+    sends = Sends()
+    batcher = Batcher(sends.one, sends.many, window=1.0, max_entries=8, company=lambda: False)
+    started = time.monotonic()
+    for entry in range(5):
+        batcher.submit(entry)
+    assert time.monotonic() - started < 0.5
+    assert (sends.singles, sends.batches) == ([0, 1, 2, 3, 4], [])
+
+
+def test_with_company_recent_finishes_wait_for_each_other() -> None:
+    sends = Sends()
+    batcher = Batcher(sends.one, sends.many, window=0.3, max_entries=8, company=lambda: True)
+    batcher.submit(0)
+    assert submit_together(batcher, [1, 2, 3, 4]) == [None] * 4
+    assert sends.batches
+    assert sends.sent() == [0, 1, 2, 3, 4]
