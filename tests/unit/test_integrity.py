@@ -142,3 +142,151 @@ def test_a_late_write_after_a_rejection_cannot_turn_the_retry_into_a_commit_of_n
         ing.retry(up.id).wait()
     assert ing.retry(up.id, sha256(DATA)).wait()["size"] == len(DATA)
     _assert_committed_exactly(driver, ing, sha256(DATA))
+
+
+# -- the paths this restructuring added or moved ---------------------------------------
+
+
+class _Crash(Exception):
+    """A worker dying between two steps of the commit."""
+
+
+@pytest.mark.parametrize("step", STEPS[1:5])
+def test_a_rerun_that_trusts_the_recorded_verification_still_commits_only_the_frozen_bytes(
+    driver: StorageDriver, step: str
+) -> None:
+    # sha512 claims record their verification (uploads.Verification) before the move;
+    # the worker dies at `step`, a late writer tries again, the rerun finishes.
+    claim = sha512(DATA)
+    ing, _ = make_ingest(driver)
+    up, late = _stage_with_a_late_writer(ing)
+    ticket = up.finish(claim)
+
+    def crash(at: str) -> None:
+        if at == step:
+            raise _Crash(at)
+
+    with pytest.raises(_Crash):
+        commit_upload(
+            driver, up.id, parse_digest(claim), None, task_id=ticket.task_id, on_step=crash
+        )
+    with pytest.raises(BlobUploadInvalid):
+        late.write(LATE)
+    late.close()
+    result = commit_upload(driver, up.id, parse_digest(claim), None, task_id=ticket.task_id)
+    assert result["size"] == len(DATA)
+    _assert_committed_exactly(driver, ing, claim)
+
+
+def test_an_immediate_handle_that_appends_and_finishes_while_another_request_finishes(
+    driver: StorageDriver,
+) -> None:
+    # The one-hop PUT (append, then finish trusting the record read at open) against
+    # a second request finishing the same upload between the append and the finish.
+    ing, queue = make_ingest(driver)
+    up = ing.start_upload(REPO)
+    up.write(DATA[:4096])
+    up.close()
+    handle = ing.resume(REPO, up.id, immediate=True)
+    handle.write(DATA[4096:])
+    other = ing.finish(REPO, up.id, sha256(DATA))  # the racing request
+    with pytest.raises(BlobUploadInvalid):  # a late chunk of this handle: refused
+        handle.write(LATE)
+    mine = handle.finish(sha256(DATA))
+    results = [t.wait() for t in (mine, other)]
+    assert {r["digest"] for r in results} == {sha256(DATA)}
+    assert all(r["size"] == len(DATA) for r in results)
+    assert len(queue.calls) == 2
+    _assert_committed_exactly(driver, ing, sha256(DATA))
+
+
+def _batched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inject: Callable[[str], None]
+) -> tuple[Ingest, Upload, Upload, str, dict[str, object], StorageDriver]:
+    """An upload finished for a batch, with a late writer, and verify_batch's commit
+    wired to ``inject``. Returns what the batch will be called with."""
+    from workers import tasks
+
+    real = commit_upload
+
+    def with_hook(*args: object, **kwargs: object) -> object:
+        return real(*args, on_step=inject, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tasks, "commit_upload", with_hook)
+    monkeypatch.setattr(tasks.verify_batch, "store_outcome", lambda *a: None)
+    driver = make_driver("filesystem", tmp_path)
+    ing, queue = make_ingest(driver)
+    up, late = _stage_with_a_late_writer(ing)
+    claim = sha512(DATA)
+    ticket = up.finish(claim)
+    call = queue.call(ticket.task_id)
+    entry: dict[str, object] = {
+        "upload_id": up.id,
+        "digest": call.digest,
+        "size": None,
+        "staged_size": call.staged_size,
+        "task_id": ticket.task_id,
+        "repository": REPO,
+    }
+    return ing, up, late, claim, entry, driver
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_write_during_a_batched_verification_is_refused_at_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    from tests.unit.fakes import worker_settings
+    from workers import tasks
+
+    refusals: list[str] = []
+    holder: dict[str, Upload] = {}
+
+    def inject(at: str) -> None:
+        if at == step:
+            with pytest.raises(BlobUploadInvalid) as refused:
+                holder["late"].write(LATE)
+            refusals.append(refused.value.code)
+
+    ing, _, late, claim, entry, driver = _batched(tmp_path, monkeypatch, inject)
+    holder["late"] = late
+    with worker_settings(tmp_path / "root"):
+        summary = tasks.verify_batch([entry])
+    late.close()
+    assert summary["committed"] == 1
+    assert refusals == ["BLOB_UPLOAD_INVALID"]
+    _assert_committed_exactly(driver, ing, claim)
+
+
+@pytest.mark.parametrize("step", ["hashed", "recorded", "placing", "placed", "linked"])
+def test_the_uploads_own_task_running_inside_a_batchs_commit_leaves_one_blob_and_one_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    # A transient fault, a redelivered batch or reconcile can run the upload's own
+    # task while the batch still works on it: here it runs to the end at `step`.
+    from tests.unit.fakes import worker_settings
+    from workers import tasks
+
+    ran: list[dict[str, object]] = []
+    holder: dict[str, object] = {}
+
+    def inject(at: str) -> None:
+        if at == step and not ran:
+            ran.append(
+                commit_upload(
+                    holder["driver"],  # type: ignore[arg-type]
+                    str(holder["id"]),
+                    parse_digest(str(holder["claim"])),
+                    None,
+                    task_id=str(holder["task"]),
+                )
+            )
+
+    ing, up, late, claim, entry, driver = _batched(tmp_path, monkeypatch, inject)
+    late.close()
+    holder.update(driver=driver, id=up.id, claim=claim, task=entry["task_id"])
+    with worker_settings(tmp_path / "root"):
+        summary = tasks.verify_batch([entry])
+    assert summary["committed"] == 1
+    assert len(ran) == 1
+    assert ing.staging.result(up.id) == ran[0]  # first writer wins; one result
+    _assert_committed_exactly(driver, ing, claim)
