@@ -103,13 +103,16 @@ class PolicyRequest(Request):
         if isinstance(task, CheckedTask):
             margs: Sequence[Any] = ()
             mkwargs: dict[str, Any] = {}
-            try:
-                if isinstance(self.args, list | tuple):
-                    margs = self.args
-                if isinstance(self.kwargs, dict):
-                    mkwargs = self.kwargs
-            except Exception:  # noqa: BLE001 - a body that does not decode: its task refuses it
-                log.debug("limits of an undecodable message %s: the defaults", self.id)
+            # Decoding the body here (the consumer, not the pool) costs a JSON parse
+            # per message: only for the tasks whose limits depend on it.
+            if task.limits_from_arguments:
+                try:
+                    if isinstance(self.args, list | tuple):
+                        margs = self.args
+                    if isinstance(self.kwargs, dict):
+                        mkwargs = self.kwargs
+                except Exception:  # noqa: BLE001 - a body that does not decode: refused later
+                    log.debug("limits of an undecodable message %s: the defaults", self.id)
             hard = task.time_limits(margs, mkwargs)
             self.time_limits = (hard, soft_limit(hard))
 
@@ -124,6 +127,8 @@ class CheckedTask(Task[Any, Any]):
     """
 
     Request = "workers.tasks:PolicyRequest"
+    #: Whether :meth:`time_limits` reads the message's arguments.
+    limits_from_arguments = False
     throws: tuple[type[Exception], ...] = (ArgumentInvalid,)
 
     @property
@@ -177,6 +182,7 @@ class VerifyTask(CheckedTask):
     throws = (ClientError, VerificationTimeout)
     acks_late = True
     reject_on_worker_lost = True
+    limits_from_arguments = True
 
     @property
     def max_retries(self) -> int:  # type: ignore[override]
@@ -266,6 +272,7 @@ class VerifyBatchTask(CheckedTask):
     acks_late = True
     reject_on_worker_lost = True
     max_retries = 0
+    limits_from_arguments = True
 
     def time_limits(self, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
         entries = args[0] if args and isinstance(args[0], list) else []

@@ -193,6 +193,11 @@ def test_each_task_takes_its_policy_from_its_base_class() -> None:
     assert (tasks.prehash.acks_late, tasks.prehash.max_retries) == (False, 0)
     assert (tasks.fsck_share.acks_late, tasks.fsck_share.max_retries) == (False, 0)
     assert tasks.reconcile_uploads.acks_late is True
+    # Only these decode a message's body in the consumer to set its limits.
+    assert tasks.verify_upload.limits_from_arguments
+    assert tasks.verify_batch.limits_from_arguments
+    assert not tasks.prehash.limits_from_arguments
+    assert not tasks.fsck_share.limits_from_arguments
     for task in (
         tasks.verify_upload,
         tasks.prehash,
