@@ -42,7 +42,7 @@ from ingest.arguments import (
     check_upload_id,
     check_verify_arguments,
 )
-from ingest.commit import Progress, commit_upload, mark_failed
+from ingest.commit import CommitJob, Progress, commit_upload, commit_uploads, mark_failed
 from ingest.config import Settings
 from ingest.digests import Digest, VerifierLimits
 from ingest.errors import (
@@ -282,32 +282,20 @@ class VerifyBatchTask(CheckedTask):
         )
         return min(max(total, 1), self.settings.max_time_limit())
 
-    def verify(self, entry: BatchEntry) -> dict[str, Any]:
-        """Verify and commit one upload; its outcome in a line of the batch's result."""
-        settings = self.settings
-        outcome: dict[str, Any] = {"upload_id": entry.upload_id, "task_id": entry.task_id}
-        try:
-            result = commit_upload(
-                self.driver,
-                entry.upload_id,
-                entry.digest,
-                entry.size,
-                task_id=entry.task_id,
-                chunk_size=settings.verify_chunk,
-                limits=VerifierLimits(settings.tarsum_max_bytes, settings.tarsum_max_ratio),
-            )
-        except StorageUnavailable as exc:
-            log.warning("verification of %s hit %r; retrying it alone", entry.upload_id, exc)
+    def settle(self, entry: BatchEntry, outcome: dict[str, Any] | Exception) -> dict[str, Any]:
+        """Publish one upload's outcome (a result, or the error its commit raised);
+        its line in the batch's result."""
+        line: dict[str, Any] = {"upload_id": entry.upload_id, "task_id": entry.task_id}
+        if isinstance(outcome, StorageUnavailable):
+            log.warning("verification of %s hit %r; retrying it alone", entry.upload_id, outcome)
             self.resend(entry)
-            return {**outcome, "status": "retrying", "code": exc.code}
-        except SoftTimeLimitExceeded:
-            raise  # the batch's time is up: verify_batch hands the rest on
-        except Exception as exc:  # noqa: BLE001 - a verdict, or a fault of this upload alone
-            error = _final_error(exc)
+            return {**line, "status": "retrying", "code": outcome.code}
+        if isinstance(outcome, Exception):  # a verdict, or a fault of this upload alone
+            error = _final_error(outcome)
             self._record(entry, error)
-            return {**outcome, "status": "failed", "code": error.code}
-        self.store_outcome(entry.task_id, result, "SUCCESS")
-        return {**outcome, "status": "committed", "digest": result.get("digest")}
+            return {**line, "status": "failed", "code": error.code}
+        self.store_outcome(entry.task_id, outcome, "SUCCESS")
+        return {**line, "status": "committed", "digest": outcome.get("digest")}
 
     def _record(self, entry: BatchEntry, error: IngestError) -> None:
         try:
@@ -402,19 +390,33 @@ def verify_upload(
 def verify_batch(self: VerifyBatchTask, entries: list[dict[str, Any]]) -> dict[str, Any]:
     """Verify and commit several small uploads, each with its own outcome."""
     checked = check_batch(entries)  # before any storage access
-    outcomes: list[dict[str, Any]] = []
-    for i, entry in enumerate(checked):
+    by_task = {entry.task_id: entry for entry in checked}
+    lines: dict[str, dict[str, Any]] = {}
+
+    def on_outcome(job: CommitJob, outcome: dict[str, Any] | Exception) -> None:
+        entry = by_task[str(job.task_id)]
         with logs.bind(upload_id=entry.upload_id, task_id=entry.task_id):
-            try:
-                outcomes.append(self.verify(entry))
-            except SoftTimeLimitExceeded:
-                timeout = VerificationTimeout(detail={"upload_id": entry.upload_id})
-                self._record(entry, timeout)
-                outcomes.append({"upload_id": entry.upload_id, "status": "failed"})
-                for rest in checked[i + 1 :]:
-                    self.resend(rest)
-                    outcomes.append({"upload_id": rest.upload_id, "status": "retrying"})
-                break
+            lines[entry.task_id] = self.settle(entry, outcome)
+
+    settings = self.settings
+    try:
+        commit_uploads(
+            self.driver,
+            [CommitJob(e.upload_id, e.digest, e.size, e.task_id) for e in checked],
+            on_outcome,
+            chunk_size=settings.verify_chunk,
+            limits=VerifierLimits(settings.tarsum_max_bytes, settings.tarsum_max_ratio),
+            abort_on=(SoftTimeLimitExceeded,),
+        )
+    except SoftTimeLimitExceeded:
+        # The batch's time is up: every upload without an outcome goes on in a task
+        # of its own, with its own time limit and retries (its commit is idempotent).
+        log.warning("batch of %d ran out of time; handing the rest on", len(checked))
+        for entry in checked:
+            if entry.task_id not in lines:
+                self.resend(entry)
+                lines[entry.task_id] = {"upload_id": entry.upload_id, "status": "retrying"}
+    outcomes = [lines[entry.task_id] for entry in checked]
     committed = sum(o["status"] == "committed" for o in outcomes)
     log.info("batch of %d: %d committed", len(checked), committed)
     return {"uploads": len(checked), "committed": committed, "outcomes": outcomes}

@@ -7,6 +7,7 @@ import itertools
 import time
 import tracemalloc
 import types
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -397,3 +398,132 @@ def test_a_late_failure_report_of_an_old_attempt_does_not_clobber_a_retry(
     assert commit_upload(driver, uid, parse_digest(sha256(DATA)), None, task_id=retry.task_id)[
         "status"
     ] == ("committed")
+
+
+# -- several uploads with shared durability work (commit_uploads) ---------------------
+
+
+def _durability_log(monkeypatch: pytest.MonkeyPatch, root: Path) -> list[tuple[str, str]]:
+    """Record, in order, every fsync of a file or directory and every rename the
+    filesystem driver does, as (operation, path relative to ``root``)."""
+    import os
+
+    import ingest.storage.filesystem as fs
+
+    log: list[tuple[str, str]] = []
+    real_dir, real_file, real_replace = fs._fsync_dir, fs._fsync_file, os.replace
+
+    def rel(p: object) -> str:
+        path = Path(str(p))
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+    def fsync_dir(d: Path) -> None:
+        real_dir(d)
+        log.append(("fsync-dir", rel(d)))
+
+    def fsync_file(p: Path) -> None:
+        real_file(p)
+        log.append(("fsync-file", rel(p)))
+
+    def replace(src: str, dst: str) -> None:
+        real_replace(src, dst)
+        log.append(("rename", rel(dst)))
+
+    monkeypatch.setattr(fs, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(fs, "_fsync_file", fsync_file)
+    monkeypatch.setattr(os, "replace", replace)
+    return log
+
+
+def test_commit_uploads_orders_each_uploads_durability_like_a_commit_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = make_driver("filesystem", tmp_path)
+    ing, _ = make_ingest(driver)
+    blobs = [f"blob number {i} ".encode() * 50 for i in range(6)]
+    claims = [sha256(b) if i % 2 else sha512(b) for i, b in enumerate(blobs)]
+    finished = [_finished(ing, b, c) for b, c in zip(blobs, claims, strict=True)]
+    assert isinstance(driver, FilesystemDriver)
+    log = _durability_log(monkeypatch, driver.root)
+    outcomes: dict[str, object] = {}
+
+    def on_outcome(job: commit.CommitJob, outcome: object) -> None:
+        log.append(("outcome", job.upload_id))
+        outcomes[job.upload_id] = outcome
+
+    jobs = [
+        commit.CommitJob(uid, parse_digest(c), None, tid)
+        for (uid, tid), c in zip(finished, claims, strict=True)
+    ]
+    commit.commit_uploads(driver, jobs, on_outcome)
+
+    assert set(outcomes) == {uid for uid, _ in finished}
+    for (uid, _), data, claim in zip(finished, blobs, claims, strict=True):
+        result = outcomes[uid]
+        assert isinstance(result, dict)
+        assert result["digest"] == claim
+        canonical = parse_digest(sha256(data))
+        blob = paths.blob_data_path(canonical).lstrip("/")
+        link = paths.layer_link_path(REPO, canonical).lstrip("/")
+        staged = paths.upload_data_path(uid).lstrip("/")
+
+        def first(op: str, path: str, after: int = -1) -> int:
+            return next(i for i, e in enumerate(log) if i > after and e == (op, path))
+
+        # data durable, then renamed into the store, then the rename durable...
+        data_synced = first("fsync-file", staged)
+        placed = first("rename", blob, data_synced)
+        blob_dir_synced = first("fsync-dir", str(Path(blob).parent), placed)
+        # ... before the link is written, and the link durable before the outcome.
+        linked = first("rename", link, blob_dir_synced)
+        link_synced = first("fsync-dir", str(Path(link).parent), linked)
+        assert first("outcome", uid, link_synced) > link_synced
+        if not claim.startswith("sha256:"):
+            # The verified record (what a rerun trusts once the data is gone) is
+            # durable before the data leaves the staging area.
+            record = paths.upload_state_path(uid).lstrip("/")
+            recorded = first("rename", record)
+            assert first("fsync-dir", str(Path(record).parent), recorded) < placed
+        _assert_committed_exactly_once(driver, uid, data, claim)
+    # Each directory is synced at most once per barrier (three), not once per upload:
+    # the directory holding every upload's canonical link, say, exactly once.
+    dir_syncs = Counter(p for op, p in log if op == "fsync-dir")
+    assert max(dir_syncs.values()) <= 3
+    links_parent = Path(paths.layer_link_path(REPO, parse_digest(sha256(blobs[0]))))
+    assert dir_syncs[str(links_parent.parent.parent).lstrip("/")] == 1
+
+
+def _assert_committed_exactly_once(
+    driver: StorageDriver, upload_id: str, data: bytes, claim: str
+) -> None:
+    canonical = parse_digest(sha256(data))
+    assert driver.get_content(paths.blob_data_path(canonical)) == data
+    assert (
+        driver.get_content(paths.layer_link_path(REPO, parse_digest(claim)))
+        == str(canonical).encode()
+    )
+    with pytest.raises(PathNotFound):
+        driver.stat(paths.upload_data_path(upload_id))
+
+
+def test_commit_uploads_isolates_each_outcome(driver: StorageDriver) -> None:
+    ing, _ = make_ingest(driver)
+    good = _finished(ing, b"good bytes", sha256(b"good bytes"))
+    bad = _finished(ing, b"bad bytes", sha256(b"other bytes"))
+    missing = (ing.start_upload(REPO).id, "t-missing")  # never finished
+    outcomes: dict[str, object] = {}
+    jobs = [
+        commit.CommitJob(good[0], parse_digest(sha256(b"good bytes")), None, good[1]),
+        commit.CommitJob(bad[0], parse_digest(sha256(b"other bytes")), None, bad[1]),
+        commit.CommitJob(missing[0], parse_digest(sha256(b"x")), None, missing[1]),
+    ]
+
+    def on_outcome(job: commit.CommitJob, outcome: dict[str, object] | Exception) -> None:
+        outcomes[job.upload_id] = outcome
+
+    commit.commit_uploads(driver, jobs, on_outcome)
+    assert isinstance(outcomes[good[0]], dict)
+    assert isinstance(outcomes[bad[0]], DigestInvalid)
+    assert isinstance(outcomes[missing[0]], BlobUploadInvalid)
+    assert ing.staging.state(bad[0]).state is UploadState.FAILED
+    assert ing.staging.result(good[0]) == outcomes[good[0]]

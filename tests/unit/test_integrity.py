@@ -18,7 +18,7 @@ import pytest
 
 from ingest import paths
 from ingest.api import Ingest, Upload
-from ingest.commit import commit_upload
+from ingest.commit import commit_upload, commit_uploads
 from ingest.digests import parse_digest
 from ingest.errors import BlobUploadInvalid, DigestInvalid
 from ingest.storage.base import StorageDriver
@@ -207,12 +207,12 @@ def _batched(
     wired to ``inject``. Returns what the batch will be called with."""
     from workers import tasks
 
-    real = commit_upload
+    real = commit_uploads
 
     def with_hook(*args: object, **kwargs: object) -> object:
         return real(*args, on_step=inject, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tasks, "commit_upload", with_hook)
+    monkeypatch.setattr(tasks, "commit_uploads", with_hook)
     monkeypatch.setattr(tasks.verify_batch, "store_outcome", lambda *a: None)
     driver = make_driver("filesystem", tmp_path)
     ing, queue = make_ingest(driver)
