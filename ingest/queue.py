@@ -262,6 +262,112 @@ class _RedisResultWaiter:
                             await self._pubsub.unsubscribe(key)
 
 
+class _DirectPublisher:
+    """Puts verification messages straight onto the broker's Redis list.
+
+    ``send_task`` spends most of a small verification's frontend CPU on kombu's
+    generic publish path (a producer from the pool, a binding lookup round trip, a
+    pipeline object per message) and on a ``task-sent`` event; measured here it was
+    about 5x the cost of the message itself (``docs/benchmarks.md``). This builds the
+    same message -- Celery's own protocol-2 headers, properties and body from
+    ``app.amqp.as_task_v2``, in the envelope kombu's Redis transport uses -- and
+    sends it with one LPUSH to the queue's list, which is where that transport puts
+    a message routed by queue name through the default exchange (how send_task
+    routes ours). ``tests/integration/test_direct_publish.py`` checks the
+    two messages against each other on a real Redis.
+
+    What is lost: the ``task-sent`` event (Flower shows a verification from the
+    worker's ``task-received`` on, with the same name, arguments and outcome).
+    Used only for a ``redis://``/``rediss://`` broker without a key prefix;
+    anything else goes through ``send_task``.
+    """
+
+    #: Redis errors retried at once: as send_task's retry policy (3 tries).
+    ATTEMPTS = 3
+
+    def __init__(self, app: Celery, url: str, options: Mapping[str, Any]) -> None:
+        import redis
+
+        self._app = app
+        # Bounded: a broker that does not answer fails the finish with 503, fast.
+        self._client = redis.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=10, **options
+        )
+
+    @classmethod
+    def for_app(cls, app: Celery) -> _DirectPublisher | None:
+        url = app.conf.broker_url
+        transport = app.conf.broker_transport_options or {}
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://")):
+            return None
+        if transport.get("global_keyprefix") or ";" in url:  # prefixed keys, failover lists
+            return None
+        options: dict[str, Any] = {}
+        if url.startswith("rediss://"):
+            options = dict(app.conf.broker_use_ssl or {})
+        return cls(app, url, options)
+
+    def publish(
+        self,
+        queue: str,
+        name: str,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        argsrepr: str,
+        kwargsrepr: str,
+    ) -> None:
+        import base64
+        import time
+        import uuid
+
+        from kombu.serialization import dumps
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        message = self._app.amqp.as_task_v2(
+            task_id,
+            name,
+            args=args,
+            kwargs=kwargs,
+            argsrepr=argsrepr,
+            kwargsrepr=kwargsrepr,
+            reply_to=self._app.thread_oid,
+            ignore_result=None,  # type: ignore[arg-type]  # what send_task sends
+        )
+        content_type, encoding, body = dumps(message.body, serializer="json")
+        raw = body.encode(encoding) if isinstance(body, str) else body
+        envelope = {
+            "body": base64.b64encode(raw).decode("ascii"),
+            "content-encoding": encoding,
+            "content-type": content_type,
+            "headers": message.headers,
+            "properties": {
+                **message.properties,
+                # send_task's publish options also land here (kombu passes them on).
+                "argsrepr": argsrepr,
+                "kwargsrepr": kwargsrepr,
+                "delivery_mode": 2,
+                # Routed by queue name through the default exchange, as send_task does.
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+        data = json.dumps(envelope)
+        for attempt in range(self.ATTEMPTS):
+            try:
+                self._client.lpush(queue, data)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if attempt == self.ATTEMPTS - 1:
+                    raise StorageUnavailable(
+                        "the task broker is unreachable", {"error": str(exc)[:300]}
+                    ) from exc
+                time.sleep(0.1 + 0.5 * attempt)
+
+
 class CeleryTaskQueue:
     """:class:`TaskQueue` over a Celery app (its own, or one passed in)."""
 
@@ -278,6 +384,7 @@ class CeleryTaskQueue:
         ``batch_max`` per task (:mod:`ingest.batching`); the defaults send each alone."""
         self.app = app
         self._waiters: dict[int, _RedisResultWaiter] = {}
+        self._direct = _DirectPublisher.for_app(app)
         self._batch_max_size = batch_max_size
         # Outcomes being waited for right now: other finishes under way.
         self._waiting = 0
@@ -369,6 +476,17 @@ class CeleryTaskQueue:
     def _send(self, name: str, **options: Any) -> None:
         from kombu.exceptions import OperationalError
 
+        if self._direct is not None:
+            self._direct.publish(
+                QUEUE_VERIFY,
+                name,
+                options["task_id"],
+                tuple(options["args"]),
+                options["kwargs"],
+                options["argsrepr"],
+                options["kwargsrepr"],
+            )
+            return
         try:
             self.app.send_task(
                 name,
