@@ -16,6 +16,7 @@ the same uploads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ingest import backends, catalog, health, maintenance
+from ingest import backends, catalog, health, maintenance, notify, paths
 from ingest.attempts import Liveness, liveness
 from ingest.blobs import BlobInfo, BlobReader, BlobStore
 from ingest.config import Settings
@@ -33,14 +34,17 @@ from ingest.errors import (
     BlobUnknown,
     BlobUploadInvalid,
     BlobUploadUnknown,
+    IngestError,
     SizeInvalid,
     StorageUnavailable,
 )
 from ingest.fsck import FsckReport, Heartbeat, run_fsck
-from ingest.manifests import ManifestStore
+from ingest.gc import GcReport, collect_garbage, retain_blob
+from ingest.manifests import Manifest, ManifestStore, is_digest_reference
 from ingest.names import validate_name
+from ingest.notify import Notifier, Origin
 from ingest.queue import TaskQueue
-from ingest.storage.base import StorageDriver
+from ingest.storage.base import PathNotFound, StorageDriver
 from ingest.uploads import Staging, UploadInfo, UploadRecord, UploadState, UploadWriter
 
 __all__ = ["Ingest", "Ticket", "Upload", "UploadStatus", "as_digest"]
@@ -143,7 +147,11 @@ class Ingest:
     """Entry point of the library."""
 
     def __init__(
-        self, driver: StorageDriver, queue: TaskQueue, settings: Settings | None = None
+        self,
+        driver: StorageDriver,
+        queue: TaskQueue,
+        settings: Settings | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.driver = driver
         self.queue = queue
@@ -155,6 +163,8 @@ class Ingest:
         self.blobs = BlobStore(driver)
         #: Manifests are small and verified inline, on the request path.
         self.manifests = ManifestStore(driver, max_size=self.settings.max_manifest_size)
+        #: Registry events (:mod:`ingest.notify`); without endpoints it does nothing.
+        self.notifier = notifier if notifier is not None else Notifier(driver)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Ingest:
@@ -164,8 +174,11 @@ class Ingest:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Ingest:
-        """The storage driver and task queue ``settings`` name (:mod:`ingest.backends`)."""
-        return cls(backends.storage_driver(settings), backends.task_queue(settings), settings)
+        """The storage driver, task queue and notifier ``settings`` name
+        (:mod:`ingest.backends`)."""
+        driver = backends.storage_driver(settings)
+        queue = backends.task_queue(settings)
+        return cls(driver, queue, settings, backends.notifier(settings, driver, queue))
 
     # -- uploads ----------------------------------------------------------------------
 
@@ -425,26 +438,91 @@ class Ingest:
 
     # -- blobs ------------------------------------------------------------------------
 
-    def open(self, repository: str, digest: Digest | str) -> BlobReader:
-        """A seekable reader of a blob linked in ``repository`` (BlobUnknown otherwise)."""
-        return self.blobs.open(repository, digest)
+    def open(
+        self, repository: str, digest: Digest | str, *, origin: Origin | None = None
+    ) -> BlobReader:
+        """A seekable reader of a blob linked in ``repository`` (BlobUnknown otherwise).
+        With ``origin`` (a client's GET) it is a pull: an event if pulls are notified."""
+        reader = self.blobs.open(repository, digest)
+        if origin is not None:
+            info = reader.info
+            self.notifier.blob_pulled(repository, info.digest, info.size, origin)
+        return reader
 
     def stat(self, repository: str, digest: Digest | str) -> BlobInfo:
         return self.blobs.stat(repository, digest)
 
-    def mount(self, repository: str, source: str, digest: Digest) -> bool:
+    def mount(
+        self, repository: str, source: str, digest: Digest, *, origin: Origin | None = None
+    ) -> bool:
         """Link a blob that ``source`` holds into ``repository`` without uploading it
         (cross-repository mount); False if ``source`` does not hold it."""
         validate_name(source)
         try:
             canonical = self.blobs.resolve(source, digest)
-            self.blobs.stat(source, digest)
+            info = self.blobs.stat(source, digest)
         except BlobUnknown:
             return False
         self.blobs.link(repository, canonical, canonical)
         if digest != canonical:
             self.blobs.link(repository, digest, canonical)
+        # The links are this mount's reference: keep the blob from a garbage collection
+        # deciding about it, or learn that it was just collected (ingest.gc).
+        retain_blob(self.driver, canonical)
+        if self.blobs.exists(canonical) is None:
+            for d in {canonical, digest}:
+                with contextlib.suppress(PathNotFound):
+                    self.driver.delete(paths.layer_link_dir(repository, d))
+            return False
+        self.notifier.blob_mounted(repository, source, str(digest), info.size, origin)
         return True
+
+    # -- manifests --------------------------------------------------------------------
+
+    def put_manifest(
+        self,
+        repository: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        *,
+        origin: Origin | None = None,
+    ) -> Manifest:
+        """Verify and store a manifest under a tag or digest (:meth:`ManifestStore.put`);
+        a push event once it is stored."""
+        m = self.manifests.put(repository, reference, body, content_type)
+        self.notifier.manifest_pushed(repository, reference, m.digest, m.media_type, m.size, origin)
+        return m
+
+    def get_manifest(
+        self, repository: str, reference: str, *, origin: Origin | None = None
+    ) -> Manifest:
+        """A manifest by tag or digest; with ``origin`` (a client's GET) it is a pull."""
+        m = self.manifests.get(repository, reference)
+        if origin is not None:
+            self.notifier.manifest_pulled(
+                repository, reference, m.digest, m.media_type, m.size, origin
+            )
+        return m
+
+    def delete_manifest(
+        self, repository: str, reference: str, *, origin: Origin | None = None
+    ) -> None:
+        """Delete a tag, or a manifest revision by digest with the tags naming it; a
+        delete event."""
+        digest: str | None = reference if is_digest_reference(reference) else None
+        if digest is None and self.notifier.enabled:
+            try:  # the revision the tag named, for the event
+                digest = str(self.manifests.resolve(repository, reference))
+            except IngestError:
+                digest = None
+        self.manifests.delete(repository, reference)
+        self.notifier.manifest_deleted(repository, reference, digest, origin)
+
+    def notification_stats(self) -> list[notify.EndpointStats]:
+        """Each notification endpoint's delivery counters and waiting events (read from
+        storage: what every worker delivered, not only this process)."""
+        return notify.stats(self.driver, self.notifier.endpoints)
 
     # -- catalog ----------------------------------------------------------------------
 
@@ -484,6 +562,25 @@ class Ingest:
             heartbeat=heartbeat,
         )
 
+    def gc(
+        self,
+        *,
+        grace: float,
+        dry_run: bool = False,
+        delete_untagged: bool = False,
+        heartbeat: Heartbeat | None = None,
+    ) -> GcReport:
+        """Free the blobs no manifest references that are older than ``grace`` seconds,
+        while pushes go on (:mod:`ingest.gc`). The caller keeps other collections out
+        (the cluster-wide ``gc`` lock)."""
+        return collect_garbage(
+            self.driver,
+            grace=grace,
+            dry_run=dry_run,
+            delete_untagged=delete_untagged,
+            heartbeat=heartbeat,
+        )
+
     def health(
         self,
         *,
@@ -497,7 +594,8 @@ class Ingest:
             self.driver, self.queue, broker_timeout=broker_timeout, worker_timeout=worker_timeout
         )
 
-    def unlink(self, repository: str, digest: Digest) -> None:
+    def unlink(self, repository: str, digest: Digest, *, origin: Origin | None = None) -> None:
         """Remove ``digest``'s link from ``repository`` only; the blob stays for others
-        (BlobUnknown if it was not linked there)."""
+        (BlobUnknown if it was not linked there). A delete event."""
         self.blobs.unlink(repository, digest)
+        self.notifier.blob_deleted(repository, str(digest), origin)

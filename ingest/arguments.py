@@ -13,6 +13,11 @@ and housekeeping refuses values that would turn it against live data:
   verification that is merely queued looks exactly like a lost one (the result
   backend knows neither), so a grace of seconds re-sends queued work; repeated, it
   multiplies the verification backlog.
+* ``grace`` of a garbage collection is at least :data:`MIN_GC_GRACE` (60 s). The
+  grace is what keeps a blob between its upload and the manifest that names it (a
+  client pushes the layers first); its safety against concurrent pushes does not
+  depend on it (:mod:`ingest.gc`), but a grace of seconds would fail pushes whose
+  manifest comes a little late. Tests call the core with any grace.
 * Durations must be finite real numbers (JSON can carry ``NaN``, which compares
   false with everything and would slip past a plain ``<`` check), flags real
   booleans, sizes non-negative integers, ids, digests and repository names must
@@ -32,7 +37,7 @@ from ingest import paths
 
 # The floors are declared with the settings they bound (INGEST_PURGE_AGE,
 # INGEST_RECONCILE_GRACE) in ingest.config, which depends on nothing of ingest.
-from ingest.config import MIN_PURGE_AGE, MIN_RECONCILE_GRACE
+from ingest.config import MIN_GC_GRACE, MIN_PURGE_AGE, MIN_RECONCILE_GRACE
 from ingest.digests import Digest, parse_digest
 from ingest.errors import ArgumentInvalid, IngestError
 from ingest.names import validate_name
@@ -40,11 +45,13 @@ from ingest.names import validate_name
 __all__ = [
     "MAX_BATCH",
     "MAX_SIZE",
+    "MIN_GC_GRACE",
     "MIN_PURGE_AGE",
     "MIN_RECONCILE_GRACE",
     "BatchEntry",
     "check_batch",
     "check_flag",
+    "check_gc_grace",
     "check_purge_age",
     "check_reconcile_grace",
     "check_size",
@@ -92,6 +99,11 @@ def check_purge_age(older_than: object) -> float:
 def check_reconcile_grace(grace: object) -> float:
     """``grace`` as seconds, or ArgumentInvalid if below :data:`MIN_RECONCILE_GRACE`."""
     return _duration("grace", grace, MIN_RECONCILE_GRACE)
+
+
+def check_gc_grace(grace: object) -> float:
+    """``grace`` as seconds, or ArgumentInvalid if below :data:`MIN_GC_GRACE`."""
+    return _duration("grace", grace, MIN_GC_GRACE)
 
 
 def check_flag(argument: str, value: object) -> bool:

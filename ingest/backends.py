@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 
 from ingest.auth import Authenticator
 from ingest.config import ConfigError, Settings
+from ingest.notify import Kick, Notifier, load_endpoints
 from ingest.queue import CeleryTaskQueue, TaskQueue
 from ingest.storage.base import StorageDriver
 
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["STORAGE_DRIVERS", "authenticator", "storage_driver", "task_queue"]
+__all__ = ["STORAGE_DRIVERS", "authenticator", "notifier", "storage_driver", "task_queue"]
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,17 @@ def _filesystem(settings: Settings) -> StorageDriver:
     return FilesystemDriver.from_settings(settings)
 
 
+def _s3(settings: Settings) -> StorageDriver:
+    from ingest.storage.s3 import S3Driver
+
+    return S3Driver.from_settings(settings)
+
+
 #: ``INGEST_STORAGE_DRIVER`` → a factory taking the settings. Imports are local so
-#: a process loads only the backend it uses.
+#: a process loads only the backend it uses (boto3 only with ``s3``).
 STORAGE_DRIVERS: dict[str, Callable[[Settings], StorageDriver]] = {
     "filesystem": _filesystem,
+    "s3": _s3,
 }
 
 
@@ -66,6 +74,30 @@ def task_queue(settings: Settings, app: Celery | None = None) -> TaskQueue:
         batch_window=settings.batch_window,
         batch_max=settings.batch_max,
         batch_max_size=settings.batch_max_size,
+    )
+
+
+def notifier(
+    settings: Settings,
+    driver: StorageDriver,
+    queue: TaskQueue | None = None,
+    kick: Kick | None = None,
+) -> Notifier:
+    """The event notifier of ``settings`` (``INGEST_NOTIFY_*``): it parses and checks
+    the endpoints, so a process with a bad endpoint list refuses to start
+    (ConfigError). Its kicks go through ``queue`` (a Celery queue) unless ``kick``
+    is given (a worker sends them through its own app)."""
+    endpoints = load_endpoints(settings.notify_endpoints)
+    if kick is None and isinstance(queue, CeleryTaskQueue):
+        kick = queue.enqueue_notify
+    for endpoint in endpoints:
+        log.info("notifications: endpoint %r", endpoint)  # its repr hides header values
+    return Notifier(
+        driver,
+        endpoints,
+        kick=kick,
+        pulls=settings.notify_pulls,
+        base_url=settings.notify_base_url,
     )
 
 

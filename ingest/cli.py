@@ -411,6 +411,42 @@ def fsck(obj: Context, repair: bool) -> None:
         click.get_current_context().exit(EXIT_REJECTED)
 
 
+#: Seconds the gc lock lives without renewal; a run renews it every GC_LOCK_TTL / 5 s.
+GC_LOCK_TTL = 300.0
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only report what would be freed.")
+@click.option(
+    "--delete-untagged",
+    is_flag=True,
+    help="Also remove manifests no tag reaches (then their blobs are freed too).",
+)
+@click.option(
+    "--grace",
+    type=Duration(),
+    help="Keep what was written or linked this recently [INGEST_GC_GRACE].",
+)
+@pass_ctx
+@reports_errors
+def gc(obj: Context, dry_run: bool, delete_untagged: bool, grace: float | None) -> None:
+    """Free blobs no manifest references, while pushes go on (see docs/operations.md)."""
+    from ingest.arguments import check_gc_grace
+    from ingest.fsck import throttled
+    from ingest.locks import exclusive
+
+    s = obj.settings
+    grace = check_gc_grace(s.gc_grace if grace is None else grace)  # before the lock
+    with exclusive(s.redis_url, "gc", ttl=GC_LOCK_TTL, tls=s.redis_ssl_options()) as renew:
+        report = obj.ingest.gc(
+            grace=grace,
+            dry_run=dry_run,
+            delete_untagged=delete_untagged,
+            heartbeat=throttled(renew, GC_LOCK_TTL / 5),
+        )
+    obj.emit(report.to_dict(), "\n".join(report.summary_lines()))
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", "-c", type=int, default=None, help="Pool processes (default: CPUs).")
 @click.option("--beat", is_flag=True, help="Also run the beat scheduler (reconcile, purge, fsck).")

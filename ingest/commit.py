@@ -47,7 +47,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ingest import paths
+from ingest import gc, paths
 from ingest.blobs import BlobStore
 from ingest.digests import (
     CANONICAL_ALGORITHM,
@@ -591,6 +591,9 @@ def _place_blob(
     on_step: StepHook,
 ) -> bool:
     """Get the verified bytes to ``/blobs/…``; True if the blob was already there."""
+    # Before relying on a stored blob: keep it from a garbage collection that is
+    # deciding about it (this upload's state names it: ingest.gc, "the writers").
+    gc.retain_blob(driver, canonical)
     # A blob of the wrong size under a content address is damage, not a dedup hit:
     # it is replaced by the bytes just verified.
     if blobs.exists(canonical) == size:

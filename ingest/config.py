@@ -32,6 +32,7 @@ from ingest import units
 from ingest.units import parse_duration, parse_mode, parse_size
 
 __all__ = [
+    "MIN_GC_GRACE",
     "MIN_PURGE_AGE",
     "MIN_RECONCILE_GRACE",
     "ConfigError",
@@ -54,6 +55,8 @@ __all__ = [
 MIN_PURGE_AGE = 3600.0
 #: Shortest age of a stuck verification that a reconcile may re-send (seconds).
 MIN_RECONCILE_GRACE = 60.0
+#: Shortest grace period of a garbage collection (seconds); why: :mod:`ingest.arguments`.
+MIN_GC_GRACE = 60.0
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -114,6 +117,19 @@ def _parse_auth(text: str) -> str:
 AUTH: Kind[str] = Kind("`none`, `htpasswd` or `token`", _parse_auth, str)
 
 
+def _shown_endpoints(value: str) -> str:
+    # Inline endpoints carry their headers (auth tokens): never print them.
+    inline = value.lstrip()[:1] in ("[", "{")
+    return f"<inline JSON, {len(value)} characters>" if inline else value
+
+
+#: Credentials: never printed (``repr``, ``ingest config``), only whether one is set.
+SECRET: Kind[str] = Kind("secret", str, lambda value: "<set>" if value else "")
+
+#: Notification endpoints: a JSON file, or the JSON itself (ingest.notify parses it).
+ENDPOINTS: Kind[str] = Kind("JSON file or inline JSON", str, _shown_endpoints)
+
+
 @dataclass(frozen=True, slots=True)
 class Spec:
     """What a field's declaration says besides its name, type and default."""
@@ -162,6 +178,33 @@ def _file_mode_problem(mode: int) -> str | None:
 def _dir_mode_problem(mode: int) -> str | None:
     ok = not mode & ~0o777 and mode & 0o700 == 0o700
     return None if ok else "must be an octal mode within 0777 with owner rwx"
+
+
+def _endpoints_problem(value: str) -> str | None:
+    # Only the shape here (this module imports nothing of ingest): ingest.notify checks
+    # every field when a process starts (ingest.backends.notifier).
+    if not value or value.lstrip()[:1] in "[{":
+        return None
+    return None if os.path.isfile(value) else f"no such file: {value!r}"
+
+
+def _base_url_problem(url: str) -> str | None:
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return "must be an http(s) URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http(s) URL with a host"
+    if parts.username or parts.password or parts.query or parts.fragment:
+        return "must have no credentials, query or fragment"
+    return None
+
+
+def _shown(kind: Kind[Any], value: Any) -> Any:
+    return kind.format(value) if kind is ENDPOINTS or kind is SECRET else value
 
 
 def read_env_file(path: str) -> dict[str, str]:
@@ -224,7 +267,8 @@ class Settings:
     storage_driver: str = _setting(
         NAME,
         "filesystem",
-        "storage backend, a name in `ingest.backends.STORAGE_DRIVERS` (`filesystem`)",
+        "storage backend, a name in `ingest.backends.STORAGE_DRIVERS`: `filesystem` or "
+        "`s3` (an S3-compatible object store, the `INGEST_S3_*` settings)",
     )
     # Permissions of what the filesystem driver creates (the umask only removes bits).
     # Private by default: staged uploads are not for other local users.
@@ -237,6 +281,39 @@ class Settings:
     )
     dir_mode: int = _setting(
         MODE, 0o750, "permissions of the directories the storage creates", check=_dir_mode_problem
+    )
+    # -- INGEST_STORAGE_DRIVER=s3 (ingest.storage.s3; docs/operations.md, "S3") -----------
+    s3_bucket: str = _setting(NAME, "", "the bucket (it must exist)", shown_default="none")
+    s3_prefix: str = _setting(
+        NAME, "", "key prefix inside the bucket, so registries can share one", shown_default="none"
+    )
+    s3_endpoint: str = _setting(
+        URL,
+        "",
+        "endpoint URL of an S3-compatible server (`http://127.0.0.1:9000`); unset: AWS",
+        shown_default="AWS",
+    )
+    s3_region: str = _setting(NAME, "us-east-1", "region to sign requests for")
+    s3_access_key: str = _setting(
+        SECRET,
+        "",
+        "access key id; unset (with the secret): boto3's own lookup (instance role, "
+        "`AWS_SHARED_CREDENTIALS_FILE`, web identity)",
+        shown_default="none",
+    )
+    s3_secret_key: str = _setting(
+        SECRET, "", "secret access key, with `INGEST_S3_ACCESS_KEY`", shown_default="none"
+    )
+    s3_addressing: str = _setting(
+        _choice("auto", "path", "virtual"),
+        "auto",
+        "bucket in the path (`path`, what most self-hosted servers want) or in the host name",
+    )
+    s3_part_size: int = _positive(
+        SIZE,
+        8 << 20,
+        "part size of the multipart uploads that place staged uploads as blobs; at least "
+        "`5MiB` (S3's smallest part), checked when the driver starts",
     )
     redis_url: str = _setting(
         URL,
@@ -386,6 +463,22 @@ class Settings:
     fsck_repair: bool = _setting(
         BOOL, False, "whether scheduled shares repair (quarantine, unlink) or only report"
     )
+    gc_grace: float = _setting(
+        DURATION,
+        3600.0,
+        "garbage collection keeps an unreferenced blob (or, with `--delete-untagged`, an "
+        "untagged manifest) this long after it was last written or linked: the time a "
+        "client may take between pushing a blob and the manifest naming it (the floor "
+        "holds for `--grace` too)",
+        minimum=MIN_GC_GRACE,
+        why="a shorter grace deletes blobs whose manifest is still being pushed",
+    )
+    gc_interval: float = _not_negative(
+        DURATION,
+        0.0,
+        "how often beat runs garbage collection (`0`: never; `ingest gc` runs it by hand; "
+        "see `docs/operations.md`)",
+    )
     staging_fsync: bool = _setting(
         BOOL, False, "also fsync every staged request body (commits are always fsync'd)"
     )
@@ -465,6 +558,29 @@ class Settings:
         "127.0.0.1:5001",
         "`host:port` (`[v6]:port`) of the separate listener for `/metrics` and `/health`, "
         "served by one process of `ingest serve` for all of them; `off`: none",
+    )
+
+    # -- notifications (ingest.notify; docs/operations.md, "Notifications") -------------
+    notify_endpoints: str = _setting(
+        ENDPOINTS,
+        "",
+        "where registry events go: a JSON file, or inline JSON (starting with `[` or `{`), "
+        "listing endpoints with `name`, `url`, `headers`, `timeout`, `backoff`, "
+        "`max_attempts`, `max_events`, `ignore` (docs/operations.md); checked at start-up",
+        shown_default="none",
+        check=_endpoints_problem,
+    )
+    notify_pulls: bool = _setting(
+        BOOL, False, "also send `pull` events (manifest and blob GETs) to the endpoints"
+    )
+    notify_base_url: str = _setting(
+        URL,
+        "",
+        "the registry's external URL (`https://registry.example.com`) for events' "
+        "`target.url`; unset: the request's own scheme and host (events from workers "
+        "then have no `url`)",
+        shown_default="none",
+        check=_base_url_problem,
     )
 
     def __post_init__(self) -> None:
@@ -552,7 +668,7 @@ class Settings:
         # Settings travel into Celery's configuration (``celery inspect conf``, Flower's
         # worker page): never show a password there, nor in a log line or traceback.
         shown = (
-            f"{d.field}={(mask_url(v) if d.spec.kind is URL else v)!r}"
+            f"{d.field}={(mask_url(v) if d.spec.kind is URL else _shown(d.spec.kind, v))!r}"
             for d in _DECLARATIONS
             for v in (getattr(self, d.field),)
         )

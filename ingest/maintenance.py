@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ingest import paths
 from ingest.arguments import check_flag, check_purge_age, check_reconcile_grace
@@ -53,6 +53,8 @@ class PurgeSummary:
     skipped_busy: int = 0
     kept_recent: int = 0
     bytes_freed: int = 0
+    #: Driver-level leftovers removed (S3: abandoned multipart uploads, orphan segments).
+    leftovers_removed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +66,7 @@ class PurgeSummary:
             "skipped_busy": self.skipped_busy,
             "kept_recent": self.kept_recent,
             "bytes_freed": self.bytes_freed,
+            "leftovers_removed": self.leftovers_removed,
         }
 
 
@@ -113,7 +116,18 @@ def purge_uploads(
                 continue
         summary.removed.append(entry)
         summary.bytes_freed += size
+    if not dry_run and isinstance(driver, PurgesLeftovers):
+        summary.leftovers_removed = driver.purge_leftovers(older_than, now=now)
     return summary
+
+
+@runtime_checkable
+class PurgesLeftovers(Protocol):
+    """A driver with debris of its own that no upload session accounts for (the S3
+    driver's open multipart uploads and orphaned segments): the purge removes it too."""
+
+    def purge_leftovers(self, older_than: float, *, now: float | None = None) -> int:
+        """Remove such debris older than ``older_than`` seconds; return how much."""
 
 
 def _dir_age(driver: StorageDriver, upload_id: str) -> float:

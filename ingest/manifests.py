@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ingest import paths
+from ingest import gc, paths
 from ingest.blobs import BlobStore
 from ingest.digests import Digest, parse_digest
 from ingest.errors import (
@@ -130,6 +130,7 @@ class ManifestStore:
                 paths.manifest_referrer_link_path(repository, subject, digest),
                 str(digest).encode(),
             )
+        self._retain(repository, doc, media_type, body, digest, revisions, subject)
         if not is_digest_reference(reference):
             self.driver.put_content(
                 paths.manifest_tag_link_path(repository, reference), str(digest).encode()
@@ -137,6 +138,73 @@ class ManifestStore:
         # Put by digest, the manifest is known by the digest the client chose (a sha512
         # push is answered in sha512, as ``get`` answers it); by tag, by its sha256.
         return Manifest(str(revisions[-1]), media_type, body)
+
+    def _retain(
+        self,
+        repository: str,
+        doc: dict[str, Any],
+        media_type: str,
+        body: bytes,
+        digest: Digest,
+        revisions: list[Digest],
+        subject: Digest | None,
+    ) -> None:
+        """The revision links just written are this push's reference: keep what it
+        references from a garbage collection deciding about it (:mod:`ingest.gc`).
+        Its own bytes and revisions are written again if a collection took them; a
+        referenced blob or child manifest that was collected meanwhile withdraws the
+        push (ManifestBlobUnknown), before any tag names it."""
+        for _ in range(3):
+            gc.retain_blob(self.driver, digest)
+            for rev in revisions:
+                gc.retain_revision(self.driver, repository, rev)
+            if self.blobs.exists(digest) != len(body):
+                self.driver.put_content(paths.blob_data_path(digest), body)
+            gone = [rev for rev in revisions if not self._has_revision(repository, rev)]
+            if not gone:
+                break
+            for rev in gone:
+                self.driver.put_content(
+                    paths.manifest_revision_mediatype_path(repository, rev), media_type.encode()
+                )
+                self.driver.put_content(
+                    paths.manifest_revision_link_path(repository, rev), str(digest).encode()
+                )
+        missing: list[str] = []
+        if media_type in IMAGE_TYPES:
+            config = doc.get("config")
+            for desc in [config, *self._descriptors(doc, "layers")]:
+                if not isinstance(desc, dict) or desc.get("urls"):
+                    continue
+                d = self._descriptor_digest(desc)
+                try:
+                    canonical = self.blobs.resolve(repository, d)
+                except BlobUnknown:
+                    missing.append(str(d))
+                    continue
+                gc.retain_blob(self.driver, canonical)
+                if self.blobs.exists(canonical) is None:
+                    missing.append(str(d))
+        else:
+            for desc in self._descriptors(doc, "manifests"):
+                d = self._descriptor_digest(desc)
+                gc.retain_revision(self.driver, repository, d)
+                if not self._has_revision(repository, d):
+                    missing.append(str(d))
+        if missing:
+            # Collected between the check and now: withdraw what this push wrote.
+            if subject is not None:
+                with contextlib.suppress(PathNotFound):
+                    self.driver.delete(
+                        paths.manifest_referrer_link_path(repository, subject, digest)
+                    )
+            for rev in revisions:
+                with contextlib.suppress(PathNotFound):
+                    self.driver.delete(paths.manifest_revision_dir(repository, rev))
+            raise ManifestBlobUnknown(
+                "manifest references blobs not linked in this repository",
+                {"repository": repository, "missing": missing},
+            )
 
     def _subject(self, doc: dict[str, Any]) -> Digest | None:
         subject = doc.get("subject")

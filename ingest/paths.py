@@ -28,6 +28,20 @@ The layout, below the driver's root::
     /maintenance/fsck.json                              the scheduled fsck's cursor and passes
     /health/<uuid>                                      a frontend's storage probe (/health):
                                                         written, read back, deleted at once
+    /gc/clock                                           garbage collection's clock probe: its
+                                                        mtime is the storage's "now" (ingest.gc)
+    /gc/sweep                                           present while a sweep decides: writers
+                                                        that reuse a blob then look for markers
+    /gc/tombstones/blobs/<hex>                          blob <hex> is about to be collected
+    /gc/claims/blobs/<hex>                              ... and is being deleted now
+    /gc/tombstones/revisions/<name>/<alg>/<hex>         the same two for an untagged manifest
+    /gc/claims/revisions/<name>/<alg>/<hex>             revision (``gc --delete-untagged``)
+    /notifications/<endpoint>/outbox/<key>              one event waiting for delivery to that
+                                                        endpoint; keys sort oldest first
+                                                        (ingest.notify)
+    /notifications/<endpoint>/state.json                its delivery state: failures, next attempt,
+                                                        counters (written by the drainer only)
+    /notifications/<endpoint>/drain.lease               a worker is delivering, or backing off
 
 This module is the only place a key is spelled, and the only place one is taken
 apart again: every other module builds keys with the functions below and reads
@@ -68,6 +82,14 @@ __all__ = [
     "blobs_root",
     "entry_name",
     "fsck_state_path",
+    "gc_blob_claim_path",
+    "gc_blob_tombstone_path",
+    "gc_claims_root",
+    "gc_clock_path",
+    "gc_revision_claim_path",
+    "gc_revision_tombstone_path",
+    "gc_sweep_path",
+    "gc_tombstones_root",
     "health_probe_path",
     "layer_link_dir",
     "layer_link_path",
@@ -80,6 +102,11 @@ __all__ = [
     "manifest_tag_dir",
     "manifest_tag_link_path",
     "manifest_tags_dir",
+    "notify_event_path",
+    "notify_lease_path",
+    "notify_outbox_dir",
+    "notify_state_path",
+    "parse_notify_event",
     "parse_referrer_link",
     "parse_repository_dir",
     "parse_repository_link",
@@ -101,6 +128,8 @@ __all__ = [
     "upload_state_path",
     "upload_verify_lease_path",
     "uploads_root",
+    "validate_endpoint_name",
+    "validate_event_key",
     "validate_quarantine_id",
     "validate_upload_id",
 ]
@@ -453,6 +482,61 @@ def fsck_state_path() -> str:
     return "/maintenance/fsck.json"
 
 
+# -- garbage collection (ingest.gc) ---------------------------------------------------
+
+_GC = "/gc"
+
+
+def gc_clock_path() -> str:
+    """An object the collector rewrites to read the storage's clock (its mtime)."""
+    return f"{_GC}/clock"
+
+
+def gc_sweep_path() -> str:
+    """Present while a sweep may tombstone: a writer that reuses an existing blob or
+    revision looks for markers (below) only while it exists."""
+    return f"{_GC}/sweep"
+
+
+def gc_tombstones_root() -> str:
+    return f"{_GC}/tombstones"
+
+
+def gc_claims_root() -> str:
+    return f"{_GC}/claims"
+
+
+def _gc_blob_key(digest: Digest) -> str:
+    alg, enc = _segments(digest)
+    if alg != "sha256":
+        raise ValueError(f"blobs are collected by their sha256: {digest}")
+    return f"blobs/{enc}"
+
+
+def _gc_revision_key(repository: str, digest: Digest) -> str:
+    alg, enc = _segments(digest)
+    return f"revisions/{validate_name(repository)}/{alg}/{enc}"
+
+
+def gc_blob_tombstone_path(digest: Digest) -> str:
+    """Blob ``digest`` (canonical) is a collection candidate; a writer that deletes
+    this marker keeps it."""
+    return f"{gc_tombstones_root()}/{_gc_blob_key(digest)}"
+
+
+def gc_blob_claim_path(digest: Digest) -> str:
+    """The collector took the tombstone here: the blob is being deleted."""
+    return f"{gc_claims_root()}/{_gc_blob_key(digest)}"
+
+
+def gc_revision_tombstone_path(repository: str, digest: Digest) -> str:
+    return f"{gc_tombstones_root()}/{_gc_revision_key(repository, digest)}"
+
+
+def gc_revision_claim_path(repository: str, digest: Digest) -> str:
+    return f"{gc_claims_root()}/{_gc_revision_key(repository, digest)}"
+
+
 def health_probe_path(probe_id: str) -> str:
     """A storage probe of the debug listener's ``/health``: each check writes a small
     object under a fresh UUID4 (so concurrent probes never collide), reads it back
@@ -460,3 +544,57 @@ def health_probe_path(probe_id: str) -> str:
     if not isinstance(probe_id, str) or not _UUID4_RE.fullmatch(probe_id):
         raise ValueError(f"invalid health probe id: {str(probe_id)[:80]!r}")
     return f"/health/{probe_id}"
+
+
+# -- notifications (ingest.notify) --------------------------------------------------
+
+_NOTIFICATIONS = "/notifications"
+_ENDPOINT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+#: Nanoseconds since the epoch (20 digits, so keys sort by time), then 8 random hex.
+_EVENT_KEY_RE = re.compile(r"[0-9]{20}-[0-9a-f]{8}")
+
+
+def validate_endpoint_name(name: str) -> str:
+    """Return a notification endpoint's name if it is one safe path segment
+    (``[a-z0-9][a-z0-9_-]{0,63}``), else ValueError."""
+    if not isinstance(name, str) or not _ENDPOINT_NAME_RE.fullmatch(name):
+        raise ValueError(f"invalid endpoint name: {str(name)[:80]!r}")
+    return name
+
+
+def validate_event_key(key: str) -> str:
+    """Return an outbox key (``<20-digit ns>-<8 hex>``), else ValueError."""
+    if not isinstance(key, str) or not _EVENT_KEY_RE.fullmatch(key):
+        raise ValueError(f"invalid event key: {str(key)[:80]!r}")
+    return key
+
+
+def _notify_dir(endpoint: str) -> str:
+    return f"{_NOTIFICATIONS}/{validate_endpoint_name(endpoint)}"
+
+
+def notify_outbox_dir(endpoint: str) -> str:
+    """The events waiting for ``endpoint``: one object each, named by its key."""
+    return _notify_dir(endpoint) + "/outbox"
+
+
+def notify_event_path(endpoint: str, key: str) -> str:
+    return f"{notify_outbox_dir(endpoint)}/{validate_event_key(key)}"
+
+
+def parse_notify_event(path: str) -> str | None:
+    """The inverse of :func:`notify_event_path` for a child a listing of
+    :func:`notify_outbox_dir` returned: its key, or None for anything else (a driver's
+    temporary file). Never raises."""
+    if not isinstance(path, str):
+        return None
+    key = entry_name(path)
+    return key if _EVENT_KEY_RE.fullmatch(key) else None
+
+
+def notify_state_path(endpoint: str) -> str:
+    return _notify_dir(endpoint) + "/state.json"
+
+
+def notify_lease_path(endpoint: str) -> str:
+    return _notify_dir(endpoint) + "/drain.lease"

@@ -29,6 +29,9 @@ __all__ = [
     "QUEUE_PREHASH",
     "QUEUE_VERIFY",
     "TASK_FSCK",
+    "TASK_GC",
+    "TASK_NOTIFY",
+    "TASK_NOTIFY_SWEEP",
     "TASK_PREHASH",
     "TASK_PURGE",
     "TASK_RECONCILE",
@@ -49,6 +52,12 @@ TASK_RECONCILE = "ingest.reconcile"
 TASK_PURGE = "ingest.purge_uploads"
 #: Re-hash a bounded share of the stored blobs (see :mod:`ingest.fsck`).
 TASK_FSCK = "ingest.fsck"
+#: Garbage collection: mark and sweep unreferenced blobs (see :mod:`ingest.gc`).
+TASK_GC = "ingest.gc"
+#: Deliver one endpoint's waiting events, in order (see :mod:`ingest.notify`).
+TASK_NOTIFY = "ingest.notify_deliver"
+#: Kick the delivery of every endpoint with events and no live run (beat).
+TASK_NOTIFY_SWEEP = "ingest.notify_sweep"
 QUEUE_VERIFY = "verify"
 #: Its own queue, so prehashes (which hold a worker slot while an upload streams)
 #: can get dedicated workers, and never sit in line behind verifications.
@@ -147,6 +156,7 @@ def client_config(
             TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
             TASK_PURGE: {"queue": QUEUE_MAINTENANCE},
             TASK_FSCK: {"queue": QUEUE_MAINTENANCE},
+            TASK_GC: {"queue": QUEUE_MAINTENANCE},
         },
         "broker_transport_options": {
             "visibility_timeout": visibility_timeout,
@@ -509,6 +519,25 @@ class CeleryTaskQueue:
                 args=(upload_id,),
                 argsrepr=f"upload={upload_id}",
                 queue=QUEUE_PREHASH,
+                retry=False,
+            )
+        except OperationalError as exc:
+            raise StorageUnavailable(
+                "the task broker is unreachable", {"error": str(exc)[:300]}
+            ) from exc
+
+    def enqueue_notify(self, endpoint: str) -> None:
+        """Send ``ingest.notify_deliver(endpoint)`` (:mod:`ingest.notify`): a kick,
+        never retried here (the beat sweep kicks again). StorageUnavailable if the
+        broker cannot be reached."""
+        from kombu.exceptions import OperationalError
+
+        try:
+            self.app.send_task(
+                TASK_NOTIFY,
+                args=(endpoint,),
+                argsrepr=f"endpoint={endpoint}",
+                queue=QUEUE_MAINTENANCE,
                 retry=False,
             )
         except OperationalError as exc:

@@ -15,13 +15,23 @@ from celery import Celery, signals
 from ingest import logs, paths
 from ingest.config import Settings
 from ingest.errors import IngestError
-from ingest.queue import TASK_FSCK, TASK_PURGE, TASK_RECONCILE, client_config
+from ingest.notify import load_endpoints
+from ingest.queue import (
+    TASK_FSCK,
+    TASK_GC,
+    TASK_NOTIFY_SWEEP,
+    TASK_PURGE,
+    TASK_RECONCILE,
+    client_config,
+)
 
 log = logging.getLogger("workers")
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("workers", include=["workers.tasks"])
+    # Checked here, so a worker (or beat) with a bad endpoint list refuses to start.
+    endpoints = load_endpoints(settings.notify_endpoints)
+    app = Celery("workers", include=["workers.tasks", "workers.notify"])
     app.config_from_object("workers.celeryconfig")
     app.conf.update(
         {
@@ -62,6 +72,15 @@ def create_celery(settings: Settings) -> Celery:
             "task": TASK_FSCK,
             "schedule": settings.fsck_interval,
         }
+    if settings.gc_interval > 0:
+        # Off by default: it deletes data, so an operator opts in (ingest.gc).
+        app.conf.beat_schedule["garbage-collection"] = {
+            "task": TASK_GC,
+            "schedule": settings.gc_interval,
+        }
+    if endpoints:
+        # Kicks lost with the broker, delivery runs lost with a worker (workers.notify).
+        app.conf.beat_schedule["notify-sweep"] = {"task": TASK_NOTIFY_SWEEP, "schedule": 30.0}
     return app
 
 

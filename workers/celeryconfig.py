@@ -16,6 +16,9 @@ from ingest.queue import (
     QUEUE_PREHASH,
     QUEUE_VERIFY,
     TASK_FSCK,
+    TASK_GC,
+    TASK_NOTIFY,
+    TASK_NOTIFY_SWEEP,
     TASK_PREHASH,
     TASK_PURGE,
     TASK_RECONCILE,
@@ -48,6 +51,10 @@ task_routes = {
     TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
     TASK_PURGE: {"queue": QUEUE_MAINTENANCE},
     TASK_FSCK: {"queue": QUEUE_MAINTENANCE},
+    TASK_GC: {"queue": QUEUE_MAINTENANCE},
+    # Registry events (workers.notify): never behind verifications, never slowing them.
+    TASK_NOTIFY: {"queue": QUEUE_MAINTENANCE},
+    TASK_NOTIFY_SWEEP: {"queue": QUEUE_MAINTENANCE},
 }
 
 worker_hijack_root_logger = False

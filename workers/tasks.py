@@ -37,6 +37,7 @@ from ingest.arguments import (
     BatchEntry,
     check_batch,
     check_flag,
+    check_gc_grace,
     check_purge_age,
     check_size,
     check_upload_id,
@@ -55,12 +56,14 @@ from ingest.errors import (
     VerificationTimeout,
 )
 from ingest.fsck import Finding, run_share, throttled
+from ingest.gc import collect_garbage
 from ingest.locks import exclusive
 from ingest.maintenance import purge_uploads, reconcile
 from ingest.prehash import prehash_upload
 from ingest.queue import (
     STATE_PROGRESS,
     TASK_FSCK,
+    TASK_GC,
     TASK_PREHASH,
     TASK_PURGE,
     TASK_RECONCILE,
@@ -70,6 +73,7 @@ from ingest.queue import (
 )
 from ingest.storage.base import StorageDriver
 from ingest.uploads import Staging
+from workers import events
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -294,6 +298,7 @@ class VerifyBatchTask(CheckedTask):
             error = _final_error(outcome)
             self._record(entry, error)
             return {**line, "status": "failed", "code": error.code}
+        events.committed(self.settings, self.driver, self.app, outcome, entry.task_id)
         self.store_outcome(entry.task_id, outcome, "SUCCESS")
         return {**line, "status": "committed", "digest": outcome.get("digest")}
 
@@ -374,7 +379,7 @@ def verify_upload(
     # Before any storage access; the digest is parsed here, once.
     claimed = check_verify_arguments(upload_id, digest, size, repository, staged_size)
     settings = self.settings
-    return commit_upload(
+    result = commit_upload(
         self.driver,
         upload_id,
         claimed,
@@ -384,6 +389,10 @@ def verify_upload(
         chunk_size=settings.verify_chunk,
         limits=VerifierLimits(settings.tarsum_max_bytes, settings.tarsum_max_ratio),
     )
+    # Before the result is published: a client that sees the commit and pushes the
+    # manifest next gets its event stored after this one (workers.events).
+    events.committed(settings, self.driver, self.app, result, self.request.id)
+    return result
 
 
 @app.task(bind=True, base=VerifyBatchTask, name=TASK_VERIFY_BATCH)
@@ -577,3 +586,46 @@ def fsck_share(
         "pass_completed": share.pass_completed,
         "state": share.state.to_dict(),
     }
+
+
+#: Seconds the gc lock lives without renewal; a run renews it every GC_LOCK_TTL / 5.
+GC_LOCK_TTL = 300.0
+
+
+@app.task(bind=True, base=MaintenanceTask, name=TASK_GC)
+def collect_garbage_task(
+    self: MaintenanceTask,
+    grace: float | None = None,
+    dry_run: bool = False,
+    delete_untagged: bool = False,
+) -> dict[str, Any]:
+    """Mark and sweep unreferenced blobs while pushes go on (see :mod:`ingest.gc`);
+    one run at a time across the cluster. Interrupted at any point, it leaves nothing
+    broken, and the next run finishes the job."""
+    settings = self.settings
+    grace = check_gc_grace(settings.gc_grace if grace is None else grace)
+    dry_run = check_flag("dry_run", dry_run)
+    delete_untagged = check_flag("delete_untagged", delete_untagged)
+    try:
+        with exclusive(
+            settings.redis_url, "gc", ttl=GC_LOCK_TTL, tls=settings.redis_ssl_options()
+        ) as renew:
+            report = collect_garbage(
+                self.driver,
+                grace=grace,
+                dry_run=dry_run,
+                delete_untagged=delete_untagged,
+                heartbeat=throttled(renew, GC_LOCK_TTL / 5),
+            )
+    except TooManyRequests as exc:
+        log.info("gc skipped: %s", exc.message)
+        return {"status": "skipped", "reason": exc.message}
+    except SoftTimeLimitExceeded:
+        log.error("gc stopped by its time limit; the next run finishes the job")
+        return {"status": "interrupted"}
+    log.info(
+        "gc: %s",
+        "; ".join(report.summary_lines()),
+        extra={"gc": {k: v for k, v in report.to_dict().items() if k != "freed"}},
+    )
+    return {"status": "done", **report.to_dict()}

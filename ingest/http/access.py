@@ -60,6 +60,7 @@ here and written by the access log (:mod:`ingest.http.app`).
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Collection, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ from ingest.errors import BlobUploadUnknown, Denied, IngestError, Unauthorized, 
 from ingest.http.common import ingest, upload_id
 from ingest.http.errors import error_response
 from ingest.names import validate_name
+from ingest.notify import Origin
 
 __all__ = [
     "Audit",
@@ -82,6 +84,7 @@ __all__ = [
     "authorize",
     "identity",
     "may_pull",
+    "origin",
     "required",
 ]
 
@@ -192,6 +195,24 @@ class Audit:
 
 #: The current request's audit record (bound by the access log middleware).
 audit_var: ContextVar[Audit | None] = ContextVar("audit", default=None)
+
+
+def origin(request: Request) -> Origin | None:
+    """Who is asking and through which request, for a registry event
+    (:mod:`ingest.notify`): distribution's ``request`` and ``actor`` records. None
+    when no endpoint is configured (nothing to build)."""
+    if not ingest(request).notifier.enabled:
+        return None
+    client = request.client
+    return Origin(
+        request_id=str(uuid.uuid4()),
+        addr=f"{client.host}:{client.port}" if client else "",
+        host=request.headers.get("host", ""),
+        method=request.method,
+        useragent=request.headers.get("user-agent", ""),
+        actor=identity(request).subject,
+        base_url=str(request.base_url).rstrip("/"),
+    )
 
 
 def identity(request: Request) -> Identity:

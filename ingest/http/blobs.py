@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ingest.blobs import BlobInfo
 from ingest.errors import RangeInvalid
+from ingest.http.access import origin
 from ingest.http.common import ingest, path_digest, repository
 from ingest.http.errors import envelope
 
@@ -63,9 +64,8 @@ async def head_blob(request: Request) -> Response:
 
 
 async def get_blob(request: Request) -> Response:
-    reader = await run_in_threadpool(
-        ingest(request).open, repository(request), path_digest(request)
-    )
+    name, digest, who = repository(request), path_digest(request), origin(request)
+    reader = await run_in_threadpool(lambda: ingest(request).open(name, digest, origin=who))
     info = reader.info
     headers = _blob_headers(info)
     status = 200
@@ -105,5 +105,6 @@ async def get_blob(request: Request) -> Response:
 
 async def delete_blob(request: Request) -> Response:
     """DELETE — unlink the digest from this repository only (202)."""
-    await run_in_threadpool(ingest(request).unlink, repository(request), path_digest(request))
+    name, digest, who = repository(request), path_digest(request), origin(request)
+    await run_in_threadpool(lambda: ingest(request).unlink(name, digest, origin=who))
     return Response(status_code=202, headers={"Content-Length": "0"})

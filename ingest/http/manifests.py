@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ingest.errors import ManifestInvalid, TooLarge
+from ingest.http.access import origin
 from ingest.http.common import ingest
 from ingest.manifests import OCI_INDEX, ManifestStore, is_digest_reference
 from ingest.names import validate_name
@@ -37,10 +38,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
 async def put_manifest(request: Request) -> Response:
     name = validate_name(request.path_params["name"])
     reference = request.path_params["reference"]
-    store = _store(request)
-    body = await _read_body(request, store.max_size)
+    ing = ingest(request)
+    body = await _read_body(request, ing.manifests.max_size)
     m = await run_in_threadpool(
-        store.put, name, reference, body, request.headers.get("content-type")
+        lambda: ing.put_manifest(
+            name, reference, body, request.headers.get("content-type"), origin=origin(request)
+        )
     )
     headers = {
         "Location": f"/v2/{name}/manifests/{m.digest}",
@@ -55,7 +58,10 @@ async def put_manifest(request: Request) -> Response:
 
 async def get_manifest(request: Request) -> Response:
     name = validate_name(request.path_params["name"])
-    m = await run_in_threadpool(_store(request).get, name, request.path_params["reference"])
+    # A GET is a pull (an event, when pulls are notified); a HEAD is not.
+    who = origin(request) if request.method == "GET" else None
+    reference = request.path_params["reference"]
+    m = await run_in_threadpool(lambda: ingest(request).get_manifest(name, reference, origin=who))
     headers = {
         "Content-Type": m.media_type,
         "Docker-Content-Digest": m.digest,
@@ -69,7 +75,9 @@ async def get_manifest(request: Request) -> Response:
 
 async def delete_manifest(request: Request) -> Response:
     name = validate_name(request.path_params["name"])
-    await run_in_threadpool(_store(request).delete, name, request.path_params["reference"])
+    reference = request.path_params["reference"]
+    ing, who = ingest(request), origin(request)
+    await run_in_threadpool(lambda: ing.delete_manifest(name, reference, origin=who))
     return Response(status_code=202, headers={"Content-Length": "0"})
 
 

@@ -20,9 +20,13 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _mp
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
+
+from ingest.api import Ingest
 
 UPLOAD_BYTES = Counter("ingest_upload_bytes", "Bytes staged through the HTTP API")
 UPLOADS_ACTIVE = Gauge(
@@ -57,6 +61,65 @@ def registry(multiprocess_dir: str | None) -> CollectorRegistry:
     return REGISTRY
 
 
+class NotificationCollector(Collector):
+    """Notification delivery, read from storage at each scrape (the workers deliver,
+    so no frontend process counts it): ``ingest_notify_events_total{endpoint,outcome}``
+    (``delivered``; ``dropped``: the outbox was over its bound; ``expired``: the retry
+    budget ran out), ``ingest_notify_failed_attempts_total{endpoint}``,
+    ``ingest_notify_consecutive_failures{endpoint}`` and
+    ``ingest_notify_outbox_events{endpoint}`` (waiting)."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+
+    def collect(self) -> list[Metric]:
+        events = CounterMetricFamily(
+            "ingest_notify_events",
+            "Registry events by endpoint and outcome (delivered, dropped, expired)",
+            labels=["endpoint", "outcome"],
+        )
+        attempts = CounterMetricFamily(
+            "ingest_notify_failed_attempts",
+            "Delivery attempts that failed (timeout, refused, non-2xx), by endpoint",
+            labels=["endpoint"],
+        )
+        failing = GaugeMetricFamily(
+            "ingest_notify_consecutive_failures",
+            "Failed delivery attempts in a row (0: the endpoint is healthy)",
+            labels=["endpoint"],
+        )
+        waiting = GaugeMetricFamily(
+            "ingest_notify_outbox_events",
+            "Events waiting for delivery, by endpoint",
+            labels=["endpoint"],
+        )
+        for st in self.ingest.notification_stats():
+            s = st.state
+            for outcome, n in (
+                ("delivered", s.delivered),
+                ("dropped", s.dropped),
+                ("expired", s.expired),
+            ):
+                events.add_metric([st.endpoint, outcome], n)
+            attempts.add_metric([st.endpoint], s.failed_attempts)
+            failing.add_metric([st.endpoint], s.failures)
+            waiting.add_metric([st.endpoint], st.waiting)
+        return [events, attempts, failing, waiting]
+
+
+def _exposition(registry: CollectorRegistry, ingest: Ingest | None) -> bytes:
+    body = generate_latest(registry)
+    if ingest is not None and ingest.notifier.enabled:
+        extra = CollectorRegistry(auto_describe=False)
+        extra.register(NotificationCollector(ingest))
+        body += generate_latest(extra)
+    return body
+
+
 async def metrics(request: Request) -> Response:
-    body = await run_in_threadpool(generate_latest, request.app.state.metrics_registry)
+    state = request.app.state
+    ing = getattr(state, "ingest", None)
+    body = await run_in_threadpool(
+        _exposition, state.metrics_registry, ing if isinstance(ing, Ingest) else None
+    )
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -23,10 +23,11 @@ from ingest.errors import (
     VerificationTimeout,
 )
 from ingest.http import metrics
-from ingest.http.access import may_pull
+from ingest.http.access import may_pull, origin
 from ingest.http.common import claimed_digest, content_length, ingest, repository, upload_id
 from ingest.logs import task_id_var, upload_id_var
 from ingest.names import validate_name
+from ingest.notify import Origin
 
 __all__ = ["delete_upload", "get_upload", "patch_upload", "put_upload", "start_upload"]
 
@@ -236,13 +237,13 @@ async def _wait_for_commit(request: Request, ticket: Ticket, name: str) -> Respo
 # -- endpoints -----------------------------------------------------------------------
 
 
-def _mount(ing: Ingest, name: str, source: str, digest: str) -> Digest | None:
+def _mount(ing: Ingest, name: str, source: str, digest: str, who: Origin | None) -> Digest | None:
     """``digest`` if it is now linked from ``source`` into ``name``, else None. As
     the spec suggests, anything unmountable (unknown blob, unusable ``from`` or
     ``mount``) falls back to a fresh upload session rather than an error."""
     try:
         d = check_supported(parse_digest(digest))
-        return d if ing.mount(name, source, d) else None
+        return d if ing.mount(name, source, d, origin=who) else None
     except (DigestInvalid, NameInvalid):
         return None
 
@@ -266,7 +267,7 @@ async def start_upload(request: Request) -> Response:
     params = request.query_params
     mount, source = params.get("mount"), params.get("from")
     if mount and source and _may_mount_from(request, source):
-        mounted = await run_in_threadpool(_mount, ing, name, source, mount)
+        mounted = await run_in_threadpool(_mount, ing, name, source, mount, origin(request))
         if mounted is not None:
             return Response(
                 status_code=201,

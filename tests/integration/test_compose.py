@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 TLS_OVERRIDE = ROOT / "docker-compose.tls.yml"
 SERVICES = {"redis", "frontend", "worker", "beat", "flower"}
+#: Started only with `--profile s3` (docker-compose 1.29's `config` lists them anyway).
+S3_PROFILE = {"minio", "minio-bucket"}
 INGEST_ROLES = ("frontend", "worker", "beat")
 FLOWER_AUTH = "ops:test-only-password"
 REGISTRY_USER = ("alice", "test-only-registry-password")
@@ -129,7 +131,13 @@ def test_compose_file_validates_and_wires_the_services(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     config = yaml.safe_load(run.stdout)
     services: dict[str, dict[str, Any]] = config["services"]
-    assert set(services) == SERVICES
+    assert set(services) == SERVICES | S3_PROFILE
+    for name in S3_PROFILE:  # optional, and never published
+        svc = services.pop(name)
+        assert svc["profiles"] == ["s3"], name
+        assert "ports" not in svc, name
+    # Filesystem storage unless the operator switches to S3; the values parse as settings.
+    assert Settings.from_env(services["worker"]["environment"]).storage_driver == "filesystem"
 
     # One named volume for blob storage, at the same path, which is INGEST_STORAGE_ROOT.
     assert set(config["volumes"]) == {"storage", "redis-data"}
@@ -222,7 +230,7 @@ def test_the_tls_override_mounts_a_certificate_and_key_for_the_frontend() -> Non
     assert fe_env["INGEST_AUTH"] == "htpasswd"
     assert mounts["/var/lib/ingest/storage"][0] == "storage"
     assert _ports(frontend) == [("127.0.0.1", 5000, 5000)]
-    assert set(services) == SERVICES
+    assert set(services) == SERVICES | S3_PROFILE
     for name in SERVICES - {"frontend"}:
         assert "INGEST_TLS_CERT" not in services[name].get("environment", {}), name
 

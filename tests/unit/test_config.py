@@ -309,6 +309,7 @@ def test_every_kind_has_its_settings() -> None:
         "staging_fsync",
         "delete_enabled",
         "read_only",
+        "notify_pulls",
     }
 
 

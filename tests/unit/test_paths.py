@@ -115,6 +115,27 @@ TABLE: list[tuple[Callable[[], str], str]] = [
     (lambda: paths.quarantine_record_path(QID), f"/quarantine/{QID}/record.json"),
     (lambda: paths.quarantine_data_path(QID), f"/quarantine/{QID}/data"),
     (paths.fsck_state_path, "/maintenance/fsck.json"),
+    (paths.gc_clock_path, "/gc/clock"),
+    (paths.gc_sweep_path, "/gc/sweep"),
+    (paths.gc_tombstones_root, "/gc/tombstones"),
+    (paths.gc_claims_root, "/gc/claims"),
+    (lambda: paths.gc_blob_tombstone_path(SHA256), f"/gc/tombstones/blobs/{HEX256}"),
+    (lambda: paths.gc_blob_claim_path(SHA256), f"/gc/claims/blobs/{HEX256}"),
+    (
+        lambda: paths.gc_revision_tombstone_path("a/b", SHA256),
+        f"/gc/tombstones/revisions/a/b/sha256/{HEX256}",
+    ),
+    (
+        lambda: paths.gc_revision_claim_path("a/b", SHA256),
+        f"/gc/claims/revisions/a/b/sha256/{HEX256}",
+    ),
+    (lambda: paths.notify_outbox_dir("audit"), "/notifications/audit/outbox"),
+    (
+        lambda: paths.notify_event_path("audit", "01700000000000000000-0a1b2c3d"),
+        "/notifications/audit/outbox/01700000000000000000-0a1b2c3d",
+    ),
+    (lambda: paths.notify_state_path("a-b_c"), "/notifications/a-b_c/state.json"),
+    (lambda: paths.notify_lease_path("audit"), "/notifications/audit/drain.lease"),
 ]
 
 
@@ -172,6 +193,22 @@ def test_every_exported_mapper_function_is_in_the_table() -> None:
         "validate_quarantine_id",
         "fsck_state_path",
         "health_probe_path",
+        "gc_clock_path",
+        "gc_sweep_path",
+        "gc_tombstones_root",
+        "gc_claims_root",
+        "gc_blob_tombstone_path",
+        "gc_blob_claim_path",
+        "gc_revision_tombstone_path",
+        "gc_revision_claim_path",
+        # notification outboxes: names, keys and the parser in tests/unit/test_notify.py
+        "notify_outbox_dir",
+        "notify_event_path",
+        "notify_state_path",
+        "notify_lease_path",
+        "parse_notify_event",
+        "validate_endpoint_name",
+        "validate_event_key",
     }
     assert set(paths.__all__) == covered
 

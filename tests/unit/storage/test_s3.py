@@ -1,0 +1,256 @@
+"""The S3 driver against the shared storage contract, on a real S3 server (moto_server
+in a subprocess on loopback), plus what is particular to object stores.
+
+The server is started once per session; each test gets its own key prefix, so the
+contract's "everything I made is gone" checks see only that test's objects. Without
+moto the tests skip locally and fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pytest
+
+from ingest.config import ConfigError, Settings
+from ingest.errors import StorageUnavailable
+from ingest.storage.base import InvalidOffset, ObjectSealed, PathNotFound, StorageDriver
+from ingest.storage.s3 import MIN_PART_SIZE, S3Driver
+from tests.support.s3fixtures import BUCKET, new_s3_driver, s3_server
+from tests.support.s3server import MotoServer
+from tests.unit.storage.contract import StorageDriverContract
+
+__all__ = ["s3_server"]  # the fixture, imported for pytest
+
+_driver = new_s3_driver
+
+
+@pytest.fixture
+def s3(s3_server: MotoServer) -> S3Driver:
+    return _driver(s3_server)
+
+
+class TestS3Driver(StorageDriverContract):
+    @pytest.fixture
+    def driver(self, s3_server: MotoServer) -> StorageDriver:
+        return _driver(s3_server)
+
+
+def _bucket_keys(d: S3Driver) -> list[str]:
+    r = d._client.list_objects_v2(Bucket=d.bucket, Prefix=d.prefix + "/")
+    return sorted(o["Key"] for o in r.get("Contents", ()))
+
+
+def _open_uploads(d: S3Driver) -> list[str]:
+    r = d._client.list_multipart_uploads(Bucket=d.bucket, Prefix=d.prefix + "/")
+    return [u["Key"] for u in r.get("Uploads", ())]
+
+
+def test_settings_build_a_driver_on_the_configured_bucket_and_prefix(
+    s3_server: MotoServer,
+) -> None:
+    settings = Settings.from_env(s3_server.env(BUCKET, prefix="/from-settings/"))
+    d = S3Driver.from_settings(settings)
+    assert (d.bucket, d.prefix) == (BUCKET, "from-settings")
+    d.put_content("/x/data", b"via settings")
+    assert d._client.get_object(Bucket=BUCKET, Key="from-settings/files/x/data")["Body"].read() == (
+        b"via settings"
+    )
+    d.delete("/x")
+
+
+def test_settings_without_a_bucket_or_with_half_the_credentials_are_refused() -> None:
+    with pytest.raises(ConfigError, match="INGEST_S3_BUCKET"):
+        S3Driver.from_settings(Settings.from_env({"INGEST_STORAGE_DRIVER": "s3"}))
+    half = {"INGEST_S3_BUCKET": "b", "INGEST_S3_ACCESS_KEY": "k"}
+    with pytest.raises(ConfigError, match="go together"):
+        S3Driver.from_settings(Settings.from_env(half))
+
+
+def test_a_part_size_below_the_s3_minimum_is_refused(s3_server: MotoServer) -> None:
+    with pytest.raises(ValueError, match="minimum"):
+        S3Driver(s3_server.client(), BUCKET, part_size=MIN_PART_SIZE - 1)
+    small = Settings.from_env({**s3_server.env(BUCKET), "INGEST_S3_PART_SIZE": "4MiB"})
+    with pytest.raises(ConfigError, match="INGEST_S3_PART_SIZE"):
+        S3Driver.from_settings(small)
+
+
+def test_an_unreachable_server_is_storage_unavailable(s3_server: MotoServer) -> None:
+    settings = Settings.from_env(
+        {**s3_server.env(BUCKET), "INGEST_S3_ENDPOINT": "http://127.0.0.1:9"}
+    )
+    d = S3Driver.from_settings(settings)
+    with pytest.raises(StorageUnavailable) as info:
+        d.get_content("/any/thing")
+    assert info.value.retryable
+
+
+def test_a_missing_bucket_is_storage_unavailable_not_path_not_found(
+    s3_server: MotoServer,
+) -> None:
+    d = S3Driver(s3_server.client(), "no-such-bucket-here")
+    with pytest.raises(StorageUnavailable) as info:
+        d.put_content("/a/b", b"x")
+    assert info.value.detail["code"] == "NoSuchBucket"
+
+
+def test_staged_writes_are_readable_while_the_object_grows(s3: S3Driver) -> None:
+    # The prehash tails a staged upload: every returned write is visible at once.
+    w = s3.writer("/uploads/u/data")
+    seen = []
+    for i in range(5):
+        w.write(bytes([i]) * 1000)
+        assert s3.stat("/uploads/u/data").size == 1000 * (i + 1)
+        with s3.reader("/uploads/u/data", offset=1000 * i) as f:
+            seen.append(f.read())
+    assert seen == [bytes([i]) * 1000 for i in range(5)]
+    w.close()
+    s3.delete("/uploads")
+
+
+def test_a_writer_on_another_client_resumes_where_the_first_stopped(
+    s3_server: MotoServer,
+) -> None:
+    # Two hosts: two clients, nothing shared but the bucket.
+    a = _driver(s3_server)
+    b = S3Driver(s3_server.client(), BUCKET, a.prefix)
+    w = a.writer("/uploads/u/data")
+    w.write(b"host a;")
+    w.close()
+    w2 = b.writer("/uploads/u/data", append=True)
+    assert w2.size == 7
+    w2.write(b"host b")
+    w2.close()
+    assert a.get_content("/uploads/u/data") == b"host a;host b"
+    a.delete("/uploads")
+
+
+def test_a_move_composes_large_segments_server_side_and_small_ones_through_a_buffer(
+    s3: S3Driver,
+) -> None:
+    # Segments: small, small, large (copied server-side), small, large, small tail.
+    sizes = [100_000, 3 << 20, MIN_PART_SIZE + 12345, 7, 6 << 20, 999]
+    pieces = [hashlib.sha256(str(i).encode()).digest() * (n // 32 + 1) for i, n in enumerate(sizes)]
+    pieces = [p[:n] for p, n in zip(pieces, sizes, strict=True)]
+    w = s3.writer("/uploads/big/data")
+    for p in pieces:
+        w.write(p)
+    w.close()
+    s3.seal("/uploads/big/data")
+    s3.move("/uploads/big/data", "/blobs/big/data")
+    expected = b"".join(pieces)
+    assert s3.stat("/blobs/big/data").size == len(expected)
+    with s3.reader("/blobs/big/data") as f:
+        assert hashlib.sha256(f.read()).digest() == hashlib.sha256(expected).digest()
+    with pytest.raises(ObjectSealed):
+        s3.writer("/blobs/big/data", append=True)
+    assert _open_uploads(s3) == []
+    s3.delete("/blobs")
+    with pytest.raises(PathNotFound):
+        s3.stat("/uploads")  # no empty directories on an object store
+    assert [k for k in _bucket_keys(s3) if not k.endswith("/moved-sealed")] == []
+
+
+def test_a_reader_pages_through_a_large_object_in_bounded_ranged_gets(
+    s3_server: MotoServer,
+) -> None:
+    d = new_s3_driver(s3_server, read_window=64 << 10)
+    data = os.urandom(300_000)
+    d.put_content("/r/data", data)
+    with d.reader("/r/data", offset=1000) as f:
+        assert f.read(10) == data[1000:1010]
+        f.seek(200_000)
+        assert f.read() == data[200_000:]
+        f.seek(5)
+        buf = bytearray(100_000)
+        got = f.readinto(buf)  # type: ignore[attr-defined]
+        assert bytes(buf[:got]) == data[5 : 5 + got]
+    d.delete("/r")
+
+
+def test_a_reader_of_an_object_replaced_mid_read_fails_instead_of_mixing_bytes(
+    s3_server: MotoServer,
+) -> None:
+    d = new_s3_driver(s3_server, read_window=64 << 10)
+    d.put_content("/r/data", b"a" * 200_000)
+    with d.reader("/r/data") as f:
+        assert f.read(64 << 10) == b"a" * (64 << 10)
+        d.put_content("/r/data", b"b" * 200_000)
+        with pytest.raises(StorageUnavailable, match="replaced"):
+            f.read()
+    d.delete("/r")
+
+
+def test_concurrent_appenders_never_interleave_and_all_but_one_are_refused(
+    s3: S3Driver,
+) -> None:
+    s3.writer("/race/data").close()
+    writers = [s3.writer("/race/data", append=True) for _ in range(4)]
+    outcomes: list[str] = []
+    start = threading.Barrier(len(writers))
+
+    def go(i: int) -> None:
+        start.wait()
+        try:
+            writers[i].write(bytes([65 + i]) * 1000)
+            outcomes.append("ok")
+        except InvalidOffset:
+            outcomes.append("stale")
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(writers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["ok", "stale", "stale", "stale"]
+    content = s3.get_content("/race/data")
+    assert len(content) == 1000
+    assert len(set(content)) == 1
+    s3.delete("/race")
+    assert _bucket_keys(s3) == []
+
+
+def test_purge_aborts_abandoned_multipart_uploads_and_orphaned_segments(
+    s3: S3Driver,
+) -> None:
+    # A move that crashed mid-way: an open multipart upload under the prefix.
+    key = f"{s3.prefix}/files/blobs/half/data"
+    upload = s3._client.create_multipart_upload(Bucket=s3.bucket, Key=key)["UploadId"]
+    s3._client.upload_part(
+        Bucket=s3.bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"p" * MIN_PART_SIZE
+    )
+    # A sealed and moved upload leaves a marker for its writers.
+    w = s3.writer("/uploads/u/data")
+    w.write(b"x")
+    s3.seal("/uploads/u/data")
+    s3.move("/uploads/u/data", "/blobs/u/data")
+    # An object still being written: its segments must survive.
+    live = s3.writer("/uploads/live/data")
+    live.write(b"still staging")
+    assert _open_uploads(s3) == [key]
+    assert s3.purge_leftovers(3600) == 0  # nothing is old enough yet
+    removed = s3.purge_leftovers(0, now=10**11)
+    assert removed == 2  # the multipart upload and the marker's segment set
+    assert _open_uploads(s3) == []
+    assert s3.get_content("/uploads/live/data") == b"still staging"
+    assert not any(k.endswith("moved-sealed") for k in _bucket_keys(s3))
+    with pytest.raises(PathNotFound):
+        w.write(b"late")  # the marker is gone: now it is simply not found
+    s3.delete("/uploads")
+    s3.delete("/blobs")
+    assert _bucket_keys(s3) == []
+
+
+def test_the_upload_purge_also_clears_the_drivers_leftovers(s3: S3Driver) -> None:
+    from ingest.maintenance import purge_uploads
+
+    key = f"{s3.prefix}/files/blobs/half/data"
+    s3._client.create_multipart_upload(Bucket=s3.bucket, Key=key)  # no parts: abandoned
+    dry = purge_uploads(s3, older_than=3600, now=10**11, dry_run=True)
+    assert dry.leftovers_removed == 0
+    assert _open_uploads(s3) == [key]
+    summary = purge_uploads(s3, older_than=3600, now=10**11)
+    assert summary.to_dict()["leftovers_removed"] == 1
+    assert _open_uploads(s3) == []
