@@ -75,6 +75,7 @@ from ingest.storage.base import StorageDriver
 from ingest.uploads import Staging
 from workers import events
 from workers.app import app
+from workers.results import Outcome, store_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -286,9 +287,11 @@ class VerifyBatchTask(CheckedTask):
         )
         return min(max(total, 1), self.settings.max_time_limit())
 
-    def settle(self, entry: BatchEntry, outcome: dict[str, Any] | Exception) -> dict[str, Any]:
-        """Publish one upload's outcome (a result, or the error its commit raised);
-        its line in the batch's result."""
+    def settle(
+        self, entry: BatchEntry, outcome: dict[str, Any] | Exception, publish: list[Outcome]
+    ) -> dict[str, Any]:
+        """Record one upload's outcome (a result, or the error its commit raised) and
+        queue it in ``publish`` for :meth:`publish`; its line in the batch's result."""
         line: dict[str, Any] = {"upload_id": entry.upload_id, "task_id": entry.task_id}
         if isinstance(outcome, StorageUnavailable):
             log.warning("verification of %s hit %r; retrying it alone", entry.upload_id, outcome)
@@ -297,9 +300,10 @@ class VerifyBatchTask(CheckedTask):
         if isinstance(outcome, Exception):  # a verdict, or a fault of this upload alone
             error = _final_error(outcome)
             self._record(entry, error)
+            publish.append((entry.task_id, error, "FAILURE"))
             return {**line, "status": "failed", "code": error.code}
         events.committed(self.settings, self.driver, self.app, outcome, entry.task_id)
-        self.store_outcome(entry.task_id, outcome, "SUCCESS")
+        publish.append((entry.task_id, outcome, "SUCCESS"))
         return {**line, "status": "committed", "digest": outcome.get("digest")}
 
     def _record(self, entry: BatchEntry, error: IngestError) -> None:
@@ -307,17 +311,14 @@ class VerifyBatchTask(CheckedTask):
             mark_failed(Staging(self.driver), entry.upload_id, error, entry.task_id)
         except Exception:
             log.exception("could not record failure of upload %s", entry.upload_id)
-        self.store_outcome(entry.task_id, error, "FAILURE")
 
-    def store_outcome(self, task_id: str, value: Any, state: str) -> None:
-        """Publish one upload's outcome where its waiter listens (its task id)."""
+    def publish(self, outcomes: list[Outcome]) -> None:
+        """Publish the outcomes where their waiters listen (each upload's task id),
+        all in two Redis round trips (:mod:`workers.results`)."""
         try:
-            if state == "FAILURE":
-                self.backend.mark_as_failure(task_id, value)
-            else:
-                self.backend.store_result(task_id, value, state)
-        except Exception:  # the record in storage stands; reconcile finds the rest
-            log.exception("could not publish the outcome of task %s", task_id)
+            store_outcomes(self.backend, outcomes)
+        except Exception:  # the records in storage stand; reconcile finds the rest
+            log.exception("could not publish the outcomes of %d uploads", len(outcomes))
 
     def resend(self, entry: BatchEntry) -> None:
         """Hand one upload to a verification task of its own, under its own id."""
@@ -401,11 +402,12 @@ def verify_batch(self: VerifyBatchTask, entries: list[dict[str, Any]]) -> dict[s
     checked = check_batch(entries)  # before any storage access
     by_task = {entry.task_id: entry for entry in checked}
     lines: dict[str, dict[str, Any]] = {}
+    publish: list[Outcome] = []
 
     def on_outcome(job: CommitJob, outcome: dict[str, Any] | Exception) -> None:
         entry = by_task[str(job.task_id)]
         with logs.bind(upload_id=entry.upload_id, task_id=entry.task_id):
-            lines[entry.task_id] = self.settle(entry, outcome)
+            lines[entry.task_id] = self.settle(entry, outcome, publish)
 
     settings = self.settings
     try:
@@ -425,6 +427,10 @@ def verify_batch(self: VerifyBatchTask, entries: list[dict[str, Any]]) -> dict[s
             if entry.task_id not in lines:
                 self.resend(entry)
                 lines[entry.task_id] = {"upload_id": entry.upload_id, "status": "retrying"}
+    finally:
+        # The uploads of a batch finish together (they advance in lock step): their
+        # outcomes go out together too.
+        self.publish(publish)
     outcomes = [lines[entry.task_id] for entry in checked]
     committed = sum(o["status"] == "committed" for o in outcomes)
     log.info("batch of %d: %d committed", len(checked), committed)

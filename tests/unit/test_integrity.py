@@ -213,7 +213,7 @@ def _batched(
         return real(*args, on_step=inject, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(tasks, "commit_uploads", with_hook)
-    monkeypatch.setattr(tasks.verify_batch, "store_outcome", lambda *a: None)
+    monkeypatch.setattr(tasks.verify_batch, "publish", lambda outcomes: None)
     driver = make_driver("filesystem", tmp_path)
     ing, queue = make_ingest(driver)
     up, late = _stage_with_a_late_writer(ing)

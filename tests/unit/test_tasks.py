@@ -254,10 +254,11 @@ def published(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[str, Any]]:
     """Per-task outcomes the batch publishes, instead of a result backend."""
     seen: dict[str, tuple[str, Any]] = {}
 
-    def store(task_id: str, value: Any, state: str) -> None:
-        seen[task_id] = (state, value)
+    def publish(outcomes: list[tuple[str, Any, str]]) -> None:
+        for task_id, value, state in outcomes:
+            seen[task_id] = (state, value)
 
-    monkeypatch.setattr(tasks.verify_batch, "store_outcome", store)
+    monkeypatch.setattr(tasks.verify_batch, "publish", publish)
     return seen
 
 
