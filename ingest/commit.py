@@ -43,8 +43,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from ingest import gc, paths
@@ -67,18 +66,10 @@ from ingest.errors import (
 )
 from ingest.leases import LEASE_RENEW, hold_lease
 from ingest.prehash import await_prehash
-from ingest.storage.base import PathNotFound, StorageDriver, sync_group, sync_in_background
+from ingest.storage.base import PathNotFound, StorageDriver, sync_in_background
 from ingest.uploads import Staging, UploadRecord, UploadState, Verification
 
-__all__ = [
-    "VERIFY_CHUNK",
-    "CommitJob",
-    "Progress",
-    "commit_upload",
-    "commit_uploads",
-    "compute_digests",
-    "mark_failed",
-]
+__all__ = ["VERIFY_CHUNK", "Progress", "commit_upload", "compute_digests", "mark_failed"]
 
 #: Read size of the verification pass: large enough that hashing, not Python,
 #: dominates; small enough to keep the worker's memory flat.
@@ -180,21 +171,6 @@ def mark_failed(
     staging.transition(upload_id, record, UploadState.FAILED, error=error.to_dict())
 
 
-@dataclass(frozen=True, slots=True)
-class CommitJob:
-    """One upload of :func:`commit_uploads`: what :func:`commit_upload` takes for it."""
-
-    upload_id: str
-    claimed: Digest
-    expected_size: int | None = None
-    task_id: str | None = None
-
-
-#: What a commit generator yields at each barrier: the steps before it must be
-#: durable before the steps after it run (see :func:`commit_uploads`).
-_Steps = Generator[None, None, dict[str, Any]]
-
-
 def commit_upload(
     driver: StorageDriver,
     upload_id: str,
@@ -214,110 +190,9 @@ def commit_upload(
     BlobUploadUnknown, BlobUploadInvalid (an upload that was never finished, or a
     superseded attempt), or StorageUnavailable (transient: retry the call).
     """
-    steps = _commit_steps(
-        driver,
-        CommitJob(upload_id, claimed, expected_size, task_id),
-        progress=progress,
-        chunk_size=chunk_size,
-        limits=limits,
-        on_step=on_step,
-    )
-    with sync_group(driver) as group:
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                result: dict[str, Any] = done.value
-                return result
-            group.flush()
-
-
-def commit_uploads(
-    driver: StorageDriver,
-    jobs: Sequence[CommitJob],
-    on_outcome: Callable[[CommitJob, dict[str, Any] | Exception], None],
-    *,
-    chunk_size: int = VERIFY_CHUNK,
-    limits: VerifierLimits | None = None,
-    on_step: StepHook = _no_step,
-    abort_on: tuple[type[BaseException], ...] = (),
-) -> None:
-    """Verify and commit several uploads, each exactly as :func:`commit_upload` would,
-    with their durability work shared.
-
-    The uploads advance in lock step from one barrier to the next (verified and
-    recorded; placed in the blob store; linked), and a single storage flush
-    (:func:`ingest.storage.base.sync_group`) at each barrier makes all of their
-    steps so far durable: each barrier still orders every upload's steps exactly as
-    a commit of its own would, at the cost of three journal commits per batch
-    instead of several per upload.
-
-    ``on_outcome(job, result_or_error)`` is called once per job, after the flush
-    that made its outcome durable: its result, or the exception that
-    :func:`commit_upload` would have raised. Outcomes are independent: one upload's
-    error never touches another. An exception of a type in ``abort_on`` (a time
-    limit, say) stops the batch: what was done is flushed, the jobs without an
-    outcome are left as they are (each is safe to run again), and it propagates.
-    """
-    running: list[tuple[CommitJob, _Steps]] = []
-    with sync_group(driver) as group:
-        try:
-            for job in jobs:
-                steps = _commit_steps(
-                    driver, job, chunk_size=chunk_size, limits=limits, on_step=on_step
-                )
-                running.append((job, steps))
-            while running:
-                ready: list[tuple[CommitJob, dict[str, Any] | Exception]] = []
-                still: list[tuple[CommitJob, _Steps]] = []
-                for job, steps in running:
-                    try:
-                        next(steps)
-                    except StopIteration as done:
-                        ready.append((job, done.value))
-                    except abort_on:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - this upload's outcome
-                        ready.append((job, exc))
-                    else:
-                        still.append((job, steps))
-                running = still
-                try:
-                    group.flush()
-                except Exception as exc:  # noqa: BLE001 - every upload in flight
-                    # Nobody can tell which of this round's steps stuck: every upload
-                    # still in flight, and every outcome of the round, is in doubt.
-                    # Their commits are idempotent: report the fault, retry decides.
-                    fault = exc if isinstance(exc, IngestError) else _flush_fault(exc)
-                    ready = [(job, fault) for job, _ in ready + running]
-                    for _, steps in running:
-                        steps.close()
-                    running = []
-                for job, outcome in ready:
-                    on_outcome(job, outcome)
-        finally:
-            for _, steps in running:
-                steps.close()  # runs their cleanups (leases) before the final flush
-
-
-def _flush_fault(exc: Exception) -> IngestError:
-    return StorageUnavailable(f"storage flush failed: {exc}", {"error": type(exc).__name__})
-
-
-def _commit_steps(
-    driver: StorageDriver,
-    job: CommitJob,
-    *,
-    progress: Progress | None = None,
-    chunk_size: int = VERIFY_CHUNK,
-    limits: VerifierLimits | None = None,
-    on_step: StepHook = _no_step,
-) -> _Steps:
-    """The commit of one upload, as a generator that yields at each durability barrier."""
     started = time.monotonic()
     staging = Staging(driver)
     blobs = BlobStore(driver)
-    upload_id, task_id = job.upload_id, job.task_id
     paths.validate_upload_id(upload_id)
 
     done = staging.result(upload_id)
@@ -346,20 +221,21 @@ def _commit_steps(
         with hold_lease(
             driver, paths.upload_verify_lease_path(upload_id), task_id, first_after=first_after
         ):
-            return (
-                yield from _verify_and_place(
-                    started,
-                    driver,
-                    staging,
-                    blobs,
-                    info.repository,
-                    job,
-                    record,
-                    progress=progress,
-                    chunk_size=chunk_size,
-                    limits=limits,
-                    on_step=on_step,
-                )
+            return _verify_and_place(
+                started,
+                driver,
+                staging,
+                blobs,
+                info.repository,
+                upload_id,
+                claimed,
+                expected_size,
+                record,
+                progress=progress,
+                task_id=task_id,
+                chunk_size=chunk_size,
+                limits=limits,
+                on_step=on_step,
             )
     finally:
         staging.remove_husk(upload_id)  # cancelled while we worked
@@ -371,16 +247,18 @@ def _verify_and_place(
     staging: Staging,
     blobs: BlobStore,
     repository: str,
-    job: CommitJob,
+    upload_id: str,
+    claimed: Digest,
+    expected_size: int | None,
     record: UploadRecord,
     *,
     progress: Progress | None,
+    task_id: str | None,
     chunk_size: int,
     limits: VerifierLimits | None,
     on_step: StepHook,
-) -> _Steps:
+) -> dict[str, Any]:
     """Steps 2 to 6 of the module docstring, for a finished upload."""
-    upload_id, claimed, task_id = job.upload_id, job.claimed, job.task_id
     data_path = paths.upload_data_path(upload_id)
     verified = _recorded_verification(record, claimed)
     if verified is not None and _exists(driver, data_path):
@@ -437,7 +315,7 @@ def _verify_and_place(
             flusher.join()
         on_step("hashed")
         try:
-            _check(computed, claimed, job.expected_size, record)
+            _check(computed, claimed, expected_size, record)
         except (DigestInvalid, SizeInvalid, BlobUploadInvalid) as exc:
             # Name the upload, so whoever sees the error can retry it.
             exc.detail.setdefault("upload_id", upload_id)
@@ -453,20 +331,14 @@ def _verify_and_place(
             # claim the blob's own path proves the verification (see _in_store).
             record = staging.transition(upload_id, record, UploadState.VERIFIED, verified=verified)
         on_step("recorded")
-        # The staged bytes are flushed with the record: the move finds them durable.
-        with contextlib.suppress(PathNotFound):
-            driver.sync(data_path)
-    yield  # barrier: the record (a rerun trusts it once the data is gone) is durable
 
     canonical, size = verified.canonical, verified.size
     deduplicated = _place_blob(blobs, driver, data_path, canonical, size, upload_id, on_step)
-    yield  # barrier: the blob is durable in the store before anything links to it
     on_step("placed")
 
     blobs.link(repository, canonical, canonical)
     if claimed != canonical:
         blobs.link(repository, claimed, canonical)
-    yield  # barrier: the links are durable before the result says so
     on_step("linked")
 
     result: dict[str, Any] = {

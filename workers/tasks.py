@@ -43,7 +43,7 @@ from ingest.arguments import (
     check_upload_id,
     check_verify_arguments,
 )
-from ingest.commit import CommitJob, Progress, commit_upload, commit_uploads, mark_failed
+from ingest.commit import Progress, commit_upload, mark_failed
 from ingest.config import Settings
 from ingest.digests import Digest, VerifierLimits
 from ingest.errors import (
@@ -75,7 +75,6 @@ from ingest.storage.base import StorageDriver
 from ingest.uploads import Staging
 from workers import events
 from workers.app import app
-from workers.results import Outcome, store_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -287,38 +286,50 @@ class VerifyBatchTask(CheckedTask):
         )
         return min(max(total, 1), self.settings.max_time_limit())
 
-    def settle(
-        self, entry: BatchEntry, outcome: dict[str, Any] | Exception, publish: list[Outcome]
-    ) -> dict[str, Any]:
-        """Record one upload's outcome (a result, or the error its commit raised) and
-        queue it in ``publish`` for :meth:`publish`; its line in the batch's result."""
-        line: dict[str, Any] = {"upload_id": entry.upload_id, "task_id": entry.task_id}
-        if isinstance(outcome, StorageUnavailable):
-            log.warning("verification of %s hit %r; retrying it alone", entry.upload_id, outcome)
+    def verify(self, entry: BatchEntry) -> dict[str, Any]:
+        """Verify and commit one upload; its outcome in a line of the batch's result."""
+        settings = self.settings
+        outcome: dict[str, Any] = {"upload_id": entry.upload_id, "task_id": entry.task_id}
+        try:
+            result = commit_upload(
+                self.driver,
+                entry.upload_id,
+                entry.digest,
+                entry.size,
+                task_id=entry.task_id,
+                chunk_size=settings.verify_chunk,
+                limits=VerifierLimits(settings.tarsum_max_bytes, settings.tarsum_max_ratio),
+            )
+        except StorageUnavailable as exc:
+            log.warning("verification of %s hit %r; retrying it alone", entry.upload_id, exc)
             self.resend(entry)
-            return {**line, "status": "retrying", "code": outcome.code}
-        if isinstance(outcome, Exception):  # a verdict, or a fault of this upload alone
-            error = _final_error(outcome)
+            return {**outcome, "status": "retrying", "code": exc.code}
+        except SoftTimeLimitExceeded:
+            raise  # the batch's time is up: verify_batch hands the rest on
+        except Exception as exc:  # noqa: BLE001 - a verdict, or a fault of this upload alone
+            error = _final_error(exc)
             self._record(entry, error)
-            publish.append((entry.task_id, error, "FAILURE"))
-            return {**line, "status": "failed", "code": error.code}
-        events.committed(self.settings, self.driver, self.app, outcome, entry.task_id)
-        publish.append((entry.task_id, outcome, "SUCCESS"))
-        return {**line, "status": "committed", "digest": outcome.get("digest")}
+            return {**outcome, "status": "failed", "code": error.code}
+        events.committed(self.settings, self.driver, self.app, result, entry.task_id)
+        self.store_outcome(entry.task_id, result, "SUCCESS")
+        return {**outcome, "status": "committed", "digest": result.get("digest")}
 
     def _record(self, entry: BatchEntry, error: IngestError) -> None:
         try:
             mark_failed(Staging(self.driver), entry.upload_id, error, entry.task_id)
         except Exception:
             log.exception("could not record failure of upload %s", entry.upload_id)
+        self.store_outcome(entry.task_id, error, "FAILURE")
 
-    def publish(self, outcomes: list[Outcome]) -> None:
-        """Publish the outcomes where their waiters listen (each upload's task id),
-        all in two Redis round trips (:mod:`workers.results`)."""
+    def store_outcome(self, task_id: str, value: Any, state: str) -> None:
+        """Publish one upload's outcome where its waiter listens (its task id)."""
         try:
-            store_outcomes(self.backend, outcomes)
-        except Exception:  # the records in storage stand; reconcile finds the rest
-            log.exception("could not publish the outcomes of %d uploads", len(outcomes))
+            if state == "FAILURE":
+                self.backend.mark_as_failure(task_id, value)
+            else:
+                self.backend.store_result(task_id, value, state)
+        except Exception:  # the record in storage stands; reconcile finds the rest
+            log.exception("could not publish the outcome of task %s", task_id)
 
     def resend(self, entry: BatchEntry) -> None:
         """Hand one upload to a verification task of its own, under its own id."""
@@ -400,38 +411,19 @@ def verify_upload(
 def verify_batch(self: VerifyBatchTask, entries: list[dict[str, Any]]) -> dict[str, Any]:
     """Verify and commit several small uploads, each with its own outcome."""
     checked = check_batch(entries)  # before any storage access
-    by_task = {entry.task_id: entry for entry in checked}
-    lines: dict[str, dict[str, Any]] = {}
-    publish: list[Outcome] = []
-
-    def on_outcome(job: CommitJob, outcome: dict[str, Any] | Exception) -> None:
-        entry = by_task[str(job.task_id)]
+    outcomes: list[dict[str, Any]] = []
+    for i, entry in enumerate(checked):
         with logs.bind(upload_id=entry.upload_id, task_id=entry.task_id):
-            lines[entry.task_id] = self.settle(entry, outcome, publish)
-
-    settings = self.settings
-    try:
-        commit_uploads(
-            self.driver,
-            [CommitJob(e.upload_id, e.digest, e.size, e.task_id) for e in checked],
-            on_outcome,
-            chunk_size=settings.verify_chunk,
-            limits=VerifierLimits(settings.tarsum_max_bytes, settings.tarsum_max_ratio),
-            abort_on=(SoftTimeLimitExceeded,),
-        )
-    except SoftTimeLimitExceeded:
-        # The batch's time is up: every upload without an outcome goes on in a task
-        # of its own, with its own time limit and retries (its commit is idempotent).
-        log.warning("batch of %d ran out of time; handing the rest on", len(checked))
-        for entry in checked:
-            if entry.task_id not in lines:
-                self.resend(entry)
-                lines[entry.task_id] = {"upload_id": entry.upload_id, "status": "retrying"}
-    finally:
-        # The uploads of a batch finish together (they advance in lock step): their
-        # outcomes go out together too.
-        self.publish(publish)
-    outcomes = [lines[entry.task_id] for entry in checked]
+            try:
+                outcomes.append(self.verify(entry))
+            except SoftTimeLimitExceeded:
+                timeout = VerificationTimeout(detail={"upload_id": entry.upload_id})
+                self._record(entry, timeout)
+                outcomes.append({"upload_id": entry.upload_id, "status": "failed"})
+                for rest in checked[i + 1 :]:
+                    self.resend(rest)
+                    outcomes.append({"upload_id": rest.upload_id, "status": "retrying"})
+                break
     committed = sum(o["status"] == "committed" for o in outcomes)
     log.info("batch of %d: %d committed", len(checked), committed)
     return {"uploads": len(checked), "committed": committed, "outcomes": outcomes}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -34,10 +34,8 @@ __all__ = [
     "PathNotFound",
     "StorageDriver",
     "StorageError",
-    "SyncGroup",
     "check_path",
     "is_temporary",
-    "sync_group",
     "sync_in_background",
 ]
 
@@ -209,47 +207,3 @@ def sync_in_background(driver: StorageDriver, path: str) -> threading.Thread:
     t = threading.Thread(target=run, name="ingest-early-sync", daemon=True)
     t.start()
     return t
-
-
-class SyncGroup(Protocol):
-    """Durability work batched across several operations (:func:`sync_group`)."""
-
-    def flush(self) -> None:
-        """Make every operation of the group so far durable (and every deferred
-        ``put_content`` visible). A barrier: what the caller does next is ordered
-        after all of it on stable storage. StorageUnavailable (or another storage
-        error) if a sync fails; the group is then empty."""
-
-
-class _Immediate:
-    """The group of a driver that has nothing to batch: every operation is already
-    as durable as its contract says when it returns."""
-
-    def flush(self) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def sync_group(driver: StorageDriver) -> Iterator[SyncGroup]:
-    """Batch the durability work of this thread's operations on ``driver``.
-
-    Inside the block, on a driver that supports it (the filesystem driver does),
-    directory syncs and the fsync-and-rename of durable ``put_content`` calls wait
-    for the group's :meth:`SyncGroup.flush`: such a write is visible and durable
-    only after the next flush, and a ``move`` is durable only after it (its data
-    was made durable before the rename, as always). ``sync`` waits for the flush
-    too. Everything else (reads, non-durable writes, writer appends, seals) acts at
-    once. The block's end flushes what is left, also when it ends in an exception.
-
-    A caller uses it to pay for one journal commit per *batch* of steps instead of
-    several per object: it calls ``flush`` at each point where durability is a
-    precondition of the next step (e.g. a blob before the links to it). Other
-    threads are unaffected. Drivers without it act at once; flush is then a no-op.
-    """
-    opener: Callable[[], contextlib.AbstractContextManager[SyncGroup]] | None
-    opener = getattr(driver, "sync_group", None)
-    if opener is None:
-        yield _Immediate()
-        return
-    with opener() as group:
-        yield group

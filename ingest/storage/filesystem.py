@@ -6,15 +6,6 @@ fsyncs, for records that can be rebuilt); ``move`` fsyncs the source before
 renaming and the directories after. A crash therefore leaves either the old or
 the new object, plus at worst a stray ``.tmp-*`` file for the purge job.
 
-Sync groups (:func:`ingest.storage.base.sync_group`): on ext4 and XFS every fsync
-that follows a metadata change waits for a journal commit, and a commit of one
-small blob made seven of them (its data, the rename's two directories, two new
-directories, its link and the link's directory). In a group, the driver records
-the directories to sync and the durable ``put_content`` calls (written to their
-temporary file at once, fsync'd and renamed at the flush) and does them all at the
-group's ``flush``: the files first, concurrently, so the journal takes them in one
-commit, then the renames, then each directory once.
-
 Seals (:meth:`FilesystemDriver.seal`): a sealed file is one with no write
 permission bits. Every append takes an exclusive lock on the file (``flock`` on
 its own descriptor, plus an in-process lock, because on NFS ``flock`` is emulated
@@ -41,8 +32,6 @@ import shutil
 import stat
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -107,69 +96,6 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-#: fsyncs issued together in a flush: concurrent waiters share a journal commit.
-_FLUSH_THREADS = 8
-
-
-@dataclass
-class _Group:
-    """What a sync group owes: files to fsync, temporary files to fsync and rename
-    into place (in order), and directories to fsync after both."""
-
-    files: dict[Path, str] = field(default_factory=dict)
-    renames: list[tuple[Path, Path, str]] = field(default_factory=list)
-    dirs: dict[Path, str] = field(default_factory=dict)
-
-    def flush(self) -> None:
-        files, renames, dirs = self.files, self.renames, self.dirs
-        self.files, self.renames, self.dirs = {}, [], {}
-        try:
-            synced = [(p, logical) for p, logical in files.items()]
-            synced += [(tmp, logical) for tmp, _, logical in renames]
-            _fsync_all(synced)
-            for tmp, full, logical in renames:
-                with _mapped(logical):
-                    try:
-                        os.replace(tmp, full)
-                    except FileNotFoundError:
-                        # The directory was deleted after the write (a cancelled upload,
-                        # an unlinked blob): write-then-delete, a valid order. Nothing
-                        # to rename, and nothing left to sync.
-                        continue
-                dirs.setdefault(full.parent, logical)
-            for directory, logical in dirs.items():
-                with _mapped(logical), contextlib.suppress(FileNotFoundError):
-                    _fsync_dir(directory)
-        except BaseException:
-            for tmp, _, _ in renames:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-            raise
-
-
-def _fsync_all(items: list[tuple[Path, str]]) -> None:
-    def one(item: tuple[Path, str]) -> None:
-        path, logical = item
-        with _mapped(logical), contextlib.suppress(FileNotFoundError):
-            _fsync_file(path)
-
-    if len(items) <= 1:
-        for item in items:
-            one(item)
-        return
-    with ThreadPoolExecutor(min(_FLUSH_THREADS, len(items))) as pool:
-        for f in [pool.submit(one, item) for item in items]:
-            f.result()
 
 
 class _FileWriter:
@@ -278,7 +204,6 @@ class FilesystemDriver:
         self.dir_mode = dir_mode
         self.root = Path(root).resolve()
         self.root.mkdir(mode=dir_mode, parents=True, exist_ok=True)
-        self._local = threading.local()  # .group: this thread's open sync group
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FilesystemDriver:
@@ -289,38 +214,6 @@ class FilesystemDriver:
 
     def _full(self, path: str) -> Path:
         return self.root / check_path(path).lstrip("/")
-
-    @contextlib.contextmanager
-    def sync_group(self) -> Iterator[_Group]:
-        """See :func:`ingest.storage.base.sync_group`. Nested groups share the
-        outermost one."""
-        outer: _Group | None = getattr(self._local, "group", None)
-        if outer is not None:
-            yield outer
-            return
-        group = self._local.group = _Group()
-        try:
-            yield group
-        except BaseException:
-            # Keep what the block got done (a record a rerun relies on, say); a
-            # failure to do so must not hide the block's own exception.
-            with contextlib.suppress(Exception):
-                group.flush()
-            raise
-        else:
-            group.flush()
-        finally:
-            self._local.group = None
-
-    def _group(self) -> _Group | None:
-        return getattr(self._local, "group", None)
-
-    def _sync_dir(self, directory: Path, logical: str) -> None:
-        group = self._group()
-        if group is None:
-            _fsync_dir(directory)
-        else:
-            group.dirs.setdefault(directory, logical)
 
     def _makedirs(self, directory: Path, *, durable: bool = True) -> None:
         # Create missing parents and fsync each new entry's parent, so a fresh
@@ -334,7 +227,7 @@ class FilesystemDriver:
             with contextlib.suppress(FileExistsError):
                 m.mkdir(mode=self.dir_mode)
             if durable:
-                self._sync_dir(m.parent, str(m))
+                _fsync_dir(m.parent)
 
     def get_content(self, path: str) -> bytes:
         full = self._full(path)
@@ -345,11 +238,7 @@ class FilesystemDriver:
 
     def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         full = self._full(path)
-        group = self._group() if durable else None
         with _mapped(path):
-            if group is not None:
-                self._put_in_group(group, full, path, content)
-                return
             for attempt in range(_PUT_ATTEMPTS):
                 self._makedirs(full.parent, durable=durable)
                 try:
@@ -365,26 +254,14 @@ class FilesystemDriver:
                 # If a concurrent delete already removed the directory, it removed
                 # our object too: put-then-delete, a valid order; nothing to sync.
                 with contextlib.suppress(FileNotFoundError):
-                    self._sync_dir(full.parent, path)
-
-    def _put_in_group(self, group: _Group, full: Path, logical: str, content: bytes) -> None:
-        # Written now; fsync'd and renamed into place by the group's flush.
-        for attempt in range(_PUT_ATTEMPTS):
-            self._makedirs(full.parent)
-            tmp = full.with_name(f"{TMP_MARKER}{secrets.token_hex(8)}")
-            try:
-                self._write_file(tmp, content, durable=False, mode=self.file_mode)
-            except FileNotFoundError:
-                if attempt == _PUT_ATTEMPTS - 1:
-                    raise
-                continue  # parent deleted under us: see put_content
-            group.renames.append((tmp, full, logical))
-            return
+                    _fsync_dir(full.parent)
 
     @staticmethod
-    def _write_file(path: Path, content: bytes, *, durable: bool, mode: int) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    def _write_and_replace(full: Path, content: bytes, durable: bool, mode: int) -> None:
+        # Fixed-length name: a target name near NAME_MAX must still fit.
+        tmp = full.with_name(f"{TMP_MARKER}{secrets.token_hex(8)}")
         try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             with open(fd, "wb", buffering=0) as f:
                 view = memoryview(content)
                 while view:
@@ -392,17 +269,6 @@ class FilesystemDriver:
                     view = view[n or 0 :]
                 if durable:
                     os.fsync(f.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
-
-    @staticmethod
-    def _write_and_replace(full: Path, content: bytes, durable: bool, mode: int) -> None:
-        # Fixed-length name: a target name near NAME_MAX must still fit.
-        tmp = full.with_name(f"{TMP_MARKER}{secrets.token_hex(8)}")
-        try:
-            FilesystemDriver._write_file(tmp, content, durable=durable, mode=mode)
             os.replace(tmp, full)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -480,13 +346,11 @@ class FilesystemDriver:
     def sync(self, path: str) -> None:
         full = self._full(path)
         with _mapped(path):
-            group = self._group()
-            if group is None:
-                _fsync_file(full)
-            elif not full.is_file():
-                raise PathNotFound(path, "not found")
-            else:
-                group.files.setdefault(full, path)
+            fd = os.open(full, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def move(self, source: str, dest: str) -> None:
         src, dst = self._full(source), self._full(dest)
@@ -499,9 +363,9 @@ class FilesystemDriver:
         with _mapped(dest):
             self._makedirs(dst.parent)
             os.replace(src, dst)
-            self._sync_dir(dst.parent, dest)
+            _fsync_dir(dst.parent)
             if src.parent != dst.parent:
-                self._sync_dir(src.parent, source)
+                _fsync_dir(src.parent)
 
     def delete(self, path: str) -> None:
         full = self._full(path)

@@ -18,7 +18,7 @@ import pytest
 
 from ingest import paths
 from ingest.api import Ingest, Upload
-from ingest.commit import commit_upload, commit_uploads
+from ingest.commit import commit_upload
 from ingest.digests import parse_digest
 from ingest.errors import BlobUploadInvalid, DigestInvalid
 from ingest.storage.base import StorageDriver
@@ -207,13 +207,13 @@ def _batched(
     wired to ``inject``. Returns what the batch will be called with."""
     from workers import tasks
 
-    real = commit_uploads
+    real = commit_upload
 
     def with_hook(*args: object, **kwargs: object) -> object:
         return real(*args, on_step=inject, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tasks, "commit_uploads", with_hook)
-    monkeypatch.setattr(tasks.verify_batch, "publish", lambda outcomes: None)
+    monkeypatch.setattr(tasks, "commit_upload", with_hook)
+    monkeypatch.setattr(tasks.verify_batch, "store_outcome", lambda *a: None)
     driver = make_driver("filesystem", tmp_path)
     ing, queue = make_ingest(driver)
     up, late = _stage_with_a_late_writer(ing)

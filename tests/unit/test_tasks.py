@@ -11,7 +11,6 @@ import pytest
 
 from ingest import paths
 from ingest.commit import commit_upload
-from ingest.digests import parse_digest
 from ingest.errors import DigestInvalid, StorageUnavailable
 from ingest.storage.filesystem import FilesystemDriver
 from ingest.uploads import Staging, UploadRecord, UploadState
@@ -254,11 +253,10 @@ def published(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[str, Any]]:
     """Per-task outcomes the batch publishes, instead of a result backend."""
     seen: dict[str, tuple[str, Any]] = {}
 
-    def publish(outcomes: list[tuple[str, Any, str]]) -> None:
-        for task_id, value, state in outcomes:
-            seen[task_id] = (state, value)
+    def store(task_id: str, value: Any, state: str) -> None:
+        seen[task_id] = (state, value)
 
-    monkeypatch.setattr(tasks.verify_batch, "publish", publish)
+    monkeypatch.setattr(tasks.verify_batch, "store_outcome", store)
     return seen
 
 
@@ -294,85 +292,21 @@ def test_a_transient_fault_hands_just_that_upload_to_a_task_of_its_own(
 ) -> None:
     entries = [batch_entry(storage, d, sha256(d)) for d in (b"one", b"two", b"three")]
     flaky = entries[0]["upload_id"]
-    real = FilesystemDriver.seal
+    real = commit_upload
 
-    def seal(self: FilesystemDriver, path: str) -> int:
-        if flaky in path:
+    def commit(driver: Any, upload_id: str, *args: Any, **kwargs: Any) -> Any:
+        if upload_id == flaky:
             raise StorageUnavailable("disk hiccup")
-        return real(self, path)
+        return real(driver, upload_id, *args, **kwargs)
 
     resent: list[str] = []
-    monkeypatch.setattr(FilesystemDriver, "seal", seal)
+    monkeypatch.setattr(tasks, "commit_upload", commit)
     monkeypatch.setattr(tasks.verify_batch, "resend", lambda e: resent.append(e.task_id))
     summary = tasks.verify_batch(entries)
     assert resent == [entries[0]["task_id"]]
     assert summary["committed"] == 2
     assert entries[0]["task_id"] not in published  # its own task will publish it
     assert Staging(storage).state(flaky).state is UploadState.FINISHING  # not failed
-
-
-def test_a_batch_out_of_time_hands_every_upload_without_an_outcome_on(
-    storage: FilesystemDriver,
-    published: dict[str, tuple[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from celery.exceptions import SoftTimeLimitExceeded
-
-    entries = [batch_entry(storage, d, sha256(d)) for d in (b"one", b"two", b"three")]
-    slow = entries[1]["upload_id"]
-    real = FilesystemDriver.seal
-
-    def seal(self: FilesystemDriver, path: str) -> int:
-        if slow in path:
-            raise SoftTimeLimitExceeded()
-        return real(self, path)
-
-    resent: list[str] = []
-    monkeypatch.setattr(FilesystemDriver, "seal", seal)
-    monkeypatch.setattr(tasks.verify_batch, "resend", lambda e: resent.append(e.task_id))
-    summary = tasks.verify_batch(entries)
-    # The uploads advance in lock step: none had an outcome when the time ran out,
-    # so each goes on in a task of its own; nothing was published or failed.
-    assert sorted(resent) == sorted(e["task_id"] for e in entries)
-    assert summary["committed"] == 0
-    assert published == {}
-    staging = Staging(storage)
-    for entry in entries:
-        assert staging.state(entry["upload_id"]).state is UploadState.FINISHING
-    # ... and each resent commit completes on its own.
-    monkeypatch.setattr(FilesystemDriver, "seal", real)
-    for entry in entries:
-        result = commit_upload(storage, entry["upload_id"], parse_digest(entry["digest"]))
-        assert result["status"] == "committed"
-
-
-def test_a_failed_flush_sends_every_upload_in_flight_to_its_own_task(
-    storage: FilesystemDriver,
-    published: dict[str, tuple[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import ingest.storage.filesystem as fs
-
-    entries = [batch_entry(storage, d, sha256(d)) for d in (b"one", b"two")]
-    real = fs._fsync_dir
-    calls = {"n": 0}
-
-    def failing(directory: Any) -> None:
-        calls["n"] += 1
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(fs, "_fsync_dir", failing)
-    resent: list[str] = []
-    monkeypatch.setattr(tasks.verify_batch, "resend", lambda e: resent.append(e.task_id))
-    summary = tasks.verify_batch(entries)
-    assert calls["n"] > 0
-    assert sorted(resent) == sorted(e["task_id"] for e in entries)
-    assert summary["committed"] == 0
-    assert published == {}
-    monkeypatch.setattr(fs, "_fsync_dir", real)
-    for entry in entries:
-        result = commit_upload(storage, entry["upload_id"], parse_digest(entry["digest"]))
-        assert result["status"] == "committed"
 
 
 @pytest.mark.parametrize(
