@@ -14,7 +14,9 @@ rotates every round:
 * (b) ``small-64k``: 1000 x 64 KiB monolithic pushes, 8 concurrent connections;
   both against every stack and against Go (the Go figure is the same for every
   row: it does not depend on our topology);
-* (c) verification only, no HTTP: ``--big-count`` blobs of ``--big-mib`` MiB are
+* (c) verification only, no HTTP, the full pass (``INGEST_PREHASH_MIN_SIZE=0``: the
+  worker reads and hashes every byte after ``finish``; a commit that took a prehash
+  record fails the run): ``--big-count`` blobs of ``--big-mib`` MiB are
   staged through the Python API (untimed), then all finished at once; timed from
   the first ``finish()`` to the last committed result. The peer: plain
   ``hashlib.sha256`` over the same staged files with 1 thread and with 2 threads
@@ -184,6 +186,8 @@ def big_run(
         result = tk.wait(timeout=600)
         if result.get("status") != "committed":
             raise RuntimeError(f"big blob not committed: {result}")
+        if result.get("prehashed"):
+            raise RuntimeError("a big blob took the prehash path; (c) measures the full pass")
     seconds = time.perf_counter() - t0
     cpu1 = server_cpu(stack.server)
     cmds = stack.redis_commands() - cmd0
@@ -325,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                 env = {
                     "REDIS_URL": server.redis.url,
                     "INGEST_STORAGE_ROOT": str(server.root / "storage"),
+                    # (c) measures the full verification pass: no upload of this client
+                    # is hashed while it is staged (bench_verify.py measures that path).
+                    "INGEST_PREHASH_MIN_SIZE": "0",
                 }
                 stacks.append(
                     Stack(
