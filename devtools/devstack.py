@@ -61,6 +61,9 @@ class Service:
             return False
 
     def start(self, timeout: float = 30.0) -> Self:
+        if self.process is not None and self.process.poll() is None:
+            # A second Popen would orphan the first process (stop() only knows one).
+            raise RuntimeError(f"{self.args[:4]} is already running (pid {self.process.pid})")
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         with open(self.logfile, "ab") as out:
             self.process = subprocess.Popen(
@@ -107,6 +110,9 @@ class Service:
         self.process = None
 
     def __enter__(self) -> Self:
+        # `with stack.worker():` gets a started service: only stop it at the end.
+        if self.process is not None and self.process.poll() is None:
+            return self
         return self.start()
 
     def __exit__(

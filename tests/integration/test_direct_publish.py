@@ -84,9 +84,9 @@ def test_a_directly_published_verification_commits_through_a_real_worker(stack: 
     assert isinstance(ing.queue, CeleryTaskQueue)
     assert ing.queue._direct is not None
     data = b"published directly " * 100
-    with stack.worker():
-        up = ing.start_upload("direct/worker")
-        up.write(data)
-        result = up.finish(parse_digest("sha256:" + hashlib.sha256(data).hexdigest())).wait(60)
+    stack.worker()  # stopped with the stack
+    up = ing.start_upload("direct/worker")
+    up.write(data)
+    result = up.finish(parse_digest("sha256:" + hashlib.sha256(data).hexdigest())).wait(60)
     assert result["status"] == "committed"
     assert result["size"] == len(data)
