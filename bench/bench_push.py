@@ -314,7 +314,11 @@ class OursServer:
         worker_procs: int,
         worker_concurrency: int,
         worker_pool: str,
+        name: str = "ours",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
+        self.name = name
+        self.extra_env = dict(extra_env or {})  # e.g. INGEST_STORAGE_DRIVER=s3 (bench_s3_push)
         self.root = root
         self.port = free_port()
         self.frontends = frontends
@@ -336,6 +340,7 @@ class OursServer:
             "PYTHONPATH": repo_root,
             # Open, like the Go registry it is measured against (no auth configured).
             "INGEST_AUTH": "none",
+            **self.extra_env,
         }
         for i in range(self.worker_procs):
             w = Worker(

@@ -66,7 +66,7 @@ from ingest.errors import (
 )
 from ingest.leases import LEASE_RENEW, hold_lease
 from ingest.prehash import await_prehash
-from ingest.storage.base import PathNotFound, StorageDriver, sync_in_background
+from ingest.storage.base import PathNotFound, StorageDriver, exists, sync_in_background
 from ingest.uploads import Staging, UploadRecord, UploadState, Verification
 
 __all__ = ["VERIFY_CHUNK", "Progress", "commit_upload", "compute_digests", "mark_failed"]
@@ -261,7 +261,7 @@ def _verify_and_place(
     """Steps 2 to 6 of the module docstring, for a finished upload."""
     data_path = paths.upload_data_path(upload_id)
     verified = _recorded_verification(record, claimed)
-    if verified is not None and _exists(driver, data_path):
+    if verified is not None and exists(driver, data_path):
         # Still staged: hash it again rather than trust a record about it. The record
         # is for a rerun that finds the data already moved into the blob store.
         verified = None
@@ -408,14 +408,6 @@ def _in_store(blobs: BlobStore, claimed: Digest, record: UploadRecord) -> Verifi
     if size is None or (record.size is not None and size != record.size):
         return None
     return Verification(claimed, claimed, size)
-
-
-def _exists(driver: StorageDriver, path: str) -> bool:
-    try:
-        driver.stat(path)
-    except PathNotFound:
-        return False
-    return True
 
 
 def _recorded_verification(record: UploadRecord, claimed: Digest) -> Verification | None:

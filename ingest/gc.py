@@ -13,8 +13,9 @@ Tags are never removed. The report (:class:`GcReport`) says what was freed.
 There is no read-only window and no lock shared with pushes. The collector (one at a
 time: the callers hold the cluster lock ``gc``) and the writers agree through a few
 objects under ``/gc`` (:mod:`ingest.paths`) and the storage's ordering: every write
-below is visible to every later read (a POSIX file system, or any store with read-
-after-write consistency and an atomic rename; see "S3" below).
+below is visible to every later read (a POSIX file system; S3, which is strongly
+consistent since 2020), and ``put_if_absent`` is an exclusive create (see "The one
+primitive" below).
 
 Clock
 -----
@@ -37,27 +38,42 @@ Only three paths make an existing blob referenced without writing its bytes:
 Each writer, *after* its reference is visible and *before* it relies on the blob,
 calls :func:`retain_blob` (or :func:`retain_revision` for a manifest revision):
 
-  R1. if ``/gc/sweep`` is absent, return: no sweep is deciding;
-  R2. delete the blob's tombstone; if that succeeded, return (the blob is kept);
-  R3. while the blob's claim exists, wait (bounded); then the caller re-checks
-      that the blob is present, and acts on its absence (a commit places its own
-      bytes, a mount answers "not mounted", a manifest PUT is refused with
-      ``MANIFEST_BLOB_UNKNOWN`` and removes the revision it wrote).
+  R1. read ``/gc/sweep``; if it is absent, return: no sweep is deciding;
+  R2. create the blob's *verdict* ``/gc/verdicts/blobs/<hex>`` holding "retained"
+      (``put_if_absent``); if this call created it, return (the blob is kept);
+  R3. else read the verdict that stands. "retained" (another writer's): return.
+      "claimed" (the collector's): wait (bounded) until the verdict is gone (the
+      claim's last step); then the caller re-checks that the blob is present, and
+      acts on its absence (a commit places its own bytes, a mount answers "not
+      mounted", a manifest PUT is refused with ``MANIFEST_BLOB_UNKNOWN`` and removes
+      the revision it wrote).
 
 The sweep
 ---------
 S1. Mark (read every revision and its manifest), list the unmarked old blobs, drop
     those an upload in flight names, walk the layer links: drop a blob with a young
     link, remember the old links of the others. These are the *candidates*.
-S2. Write ``/gc/sweep``, then a tombstone per candidate.
+S2. Write ``/gc/sweep`` (holding the run's id).
 S3. Rescan: the uploads in flight first, then every revision link the mark did not
     see (parsing its manifest), then every layer link that is new or changed, then
-    each candidate's own stat. A candidate any of them names is *rescued*: its
-    tombstone is deleted.
-S4. For each remaining candidate: *claim* it by renaming its tombstone to its claim.
-    If the tombstone is gone, a writer deleted it in R2: keep the blob. Else delete
-    its links, then the blob, then the claim.
-S5. Delete ``/gc/sweep``.
+    each candidate's own stat. A candidate any of them names is *rescued*.
+S4. For each remaining candidate: *claim* it by creating its verdict holding "claimed"
+    (``put_if_absent``). If a verdict was there, a writer got there first in R2: keep
+    the blob. Else delete its links, then the blob, then the verdict.
+S5. Delete ``/gc/sweep``, then the verdicts writers left.
+
+The one primitive: ``put_if_absent``
+------------------------------------
+R2 and S4 race to create the same object, and of racing creators exactly one
+succeeds (the driver contract): ``link(2)`` of a complete temporary file on a file
+system, a check under a lock in memory, and ``PutObject`` with ``If-None-Match: *``
+on an object store, which the server decides. (Steps S1-S5 are not the store.) No
+rename, so nothing depends on ``move`` being atomic: the S3 driver's ``move`` is a
+copy and a delete, and an earlier version of this protocol (a rename of a tombstone
+racing its deletion) let both sides "win" there.
+The loser reads the winner's verdict and acts on it. A verdict holds a token unique
+to its writer, so a side whose create was retried after a lost response (the driver
+then answers False) recognises its own verdict when it reads it back.
 
 Why no writer loses a blob it references
 ----------------------------------------
@@ -67,14 +83,22 @@ Take a writer W that relies on blob B, and a sweep whose candidates include B.
   became visible, and S3 sees it (a new revision path, a new or rewritten layer
   link, an upload in flight; or, for a commit that already finished, its links,
   which are written before its ``result.json``: that is why S3 reads the uploads
-  before the links). B is rescued.
-* W's R2 deletes the tombstone: S4's rename then fails, and B is kept. This holds
-  whatever the order of S3 and W's reference.
-* R2 finds no tombstone while the sweep flag exists: either the tombstone was never
-  written (then S3 comes after the reference: rescued, as in the first case), or
-  it was renamed by S4: W waits for the claim to disappear, then sees B absent and
-  acts on it. W has not answered its client yet; the commit still has its verified
-  staged bytes to place, and the manifest PUT withdraws what it wrote.
+  before the links). B is rescued: S4 never touches it.
+* W's R1 finds the flag. Then W's R2 and S4's claim of B (if B is not rescued) both
+  try to create B's verdict, and exactly one creates it:
+
+  - W first: the claim fails, S4 reads "retained" and keeps B. This holds whatever
+    the order of S3 and W's reference.
+  - S4 first: W's R2 fails and reads "claimed" (or finds the verdict gone, when the
+    deletion already ended: W then decides again, wins "retained" over a blob that
+    is gone, and the caller sees the absence). W waits until the verdict is gone,
+    i.e. S4's deletion is over, then sees B absent and acts on it. W has
+    not answered its client yet; the commit still has its verified staged bytes to
+    place, and the manifest PUT withdraws what it wrote.
+  - B rescued: no claim; W's verdict is harmless.
+
+  Both orders of each race are therefore covered, on any driver that meets the
+  contract: the outcome is decided by which create the store serialised first.
 
 And the two orders of each race the issue names:
 
@@ -86,8 +110,8 @@ And the two orders of each race the issue names:
 (b) A manifest pushed during the sweep that references a blob the mark saw as
     unreferenced (a client HEADed an old garbage blob and referenced it): if the
     revision link is visible before S3, S3 parses it and rescues the blob; if
-    after, the PUT's :func:`retain_blob` runs after S2 and either deletes the
-    tombstone (kept) or finds the claim (the PUT fails before it answers; the
+    after, the PUT's :func:`retain_blob` runs after S2 and either creates the
+    verdict first (kept) or finds the claim (the PUT fails before it answers; the
     client uploads the blob again). A PUT before S1 is simply marked.
 
 The grace period is what protects a blob between its upload and the manifest that
@@ -95,7 +119,7 @@ will reference it (a client's push is not atomic). Safety against the races abov
 does not depend on it: it holds with a grace of zero.
 
 Untagged revisions (``delete_untagged``) follow the same protocol with per-revision
-tombstones and claims; the manifest PUT that rewrites or references a revision calls
+verdicts; the manifest PUT that rewrites or references a revision calls
 :func:`retain_revision`, and rewrites its own revision if it was deleted meanwhile
 (it holds the bytes).
 
@@ -103,16 +127,17 @@ Crash safety
 ------------
 Links go before the blob, so a crash never leaves a link naming a missing blob
 (nothing fsck reports); a blob without links is garbage the next run finds again.
-A run starts by deleting every tombstone and claim a dead run left (the lock says
-no other run is alive): keeping a blob is always safe. Until then a stale claim
-makes a writer that reuses exactly that blob wait and fail with ``UNAVAILABLE``
-(503, retryable); a stale tombstone or sweep flag costs writers one delete each.
-
-S3
---
-The claim (S4) and R2 race on the tombstone: exactly one of a rename and a delete of
-the same object may succeed. A file system gives that; an object store whose
-``move`` is copy + delete does not, and needs a conditional write there.
+A run starts by deleting every verdict and the flag a dead run left (the lock says
+no other run is alive): keeping a blob is always safe. Until then a dead run's flag
+costs each writer one conditional create, and its one "claimed" verdict (the blob
+it was deleting when it died) makes a writer that reuses exactly that blob wait at
+most :data:`CLAIM_WAIT` and fail with ``UNAVAILABLE`` (503, retryable); a retry
+after the next run started succeeds. (The writer cannot go on earlier: only the lock
+knows that the run is dead, and a live claim may still be deleting.) A run that
+stops on an error (or because its heartbeat raised) deletes its flag, so later
+writers skip R1 at once, but leaves its verdicts for the next run to clear, for the
+same reason. A verdict a writer creates after S5 (it read the flag just before)
+keeps its blob for one more run at most.
 
 This module imports no Celery, Redis or click: the callers bring the lock.
 """
@@ -145,11 +170,13 @@ __all__ = [
 #: deletes; only a collector that died mid-claim makes it this long).
 CLAIM_WAIT = 30.0
 _POLL = 0.02
+_RETAINED = b"retained"
+_CLAIMED = b"claimed"
 #: Digests of freed blobs listed in the report (the counts are complete).
 REPORT_LIMIT = 100
 
 #: ``on_step(name)``: called after each step of a sweep (a seam for tests that inject
-#: races). Names: ``marked``, ``flagged``, ``tombstoned``, ``rescanned``, ``claimed``
+#: races). Names: ``marked``, ``flagged``, ``rescanned``, ``claimed``
 #: (per blob or revision), ``unlinked`` (per blob), ``deleted`` (per blob or revision).
 StepHook = Callable[[str], None]
 Heartbeat = Callable[[], None]
@@ -175,9 +202,7 @@ def retain_blob(
     sweep has deleted it. Call it after your reference to the blob is visible and
     before you rely on the blob; then check that the blob is present (R1-R3 of the
     module docstring). StorageUnavailable if a claim outlives ``wait``."""
-    _retain(
-        driver, paths.gc_blob_tombstone_path(digest), paths.gc_blob_claim_path(digest), wait, sleep
-    )
+    _retain(driver, paths.gc_blob_verdict_path(digest), wait, sleep)
 
 
 def retain_revision(
@@ -189,37 +214,57 @@ def retain_revision(
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """:func:`retain_blob` for manifest revision ``digest`` of ``repository``."""
-    _retain(
-        driver,
-        paths.gc_revision_tombstone_path(repository, digest),
-        paths.gc_revision_claim_path(repository, digest),
-        wait,
-        sleep,
-    )
+    _retain(driver, paths.gc_revision_verdict_path(repository, digest), wait, sleep)
+
+
+def _verdict(kind: bytes, run: str) -> bytes:
+    """A verdict's content: its kind, the run it belongs to, and a token unique to
+    its writer (so the writer recognises its own after a retried create)."""
+    return b"%s %s %s\n" % (kind, run.encode("ascii"), uuid.uuid4().hex.encode("ascii"))
+
+
+def _run_of(flag: bytes) -> str:
+    parts = flag.split()
+    run = parts[1].decode("ascii", "replace") if len(parts) > 1 else ""
+    return run if run.isalnum() else "unknown"
 
 
 def _retain(
     driver: StorageDriver,
-    tombstone: str,
-    claim: str,
+    verdict: str,
     wait: float,
     sleep: Callable[[float], None],
 ) -> None:
-    if not _exists(driver, paths.gc_sweep_path()):
-        return  # R1
+    """R1-R3 of the module docstring, for the object ``verdict`` decides about."""
     try:
-        driver.delete(tombstone)  # R2: the collector's claim (a rename) now fails
-        return
+        flag = driver.get_content(paths.gc_sweep_path())
     except PathNotFound:
-        pass
+        return  # R1: no sweep is deciding
+    mine = _verdict(_RETAINED, _run_of(flag))
     deadline = time.monotonic() + wait
-    while _exists(driver, claim):  # R3: being deleted; wait for the outcome
+    pause = _POLL
+    claimed = False
+    while True:
+        if not claimed and driver.put_if_absent(verdict, mine, durable=False):
+            return  # R2: the collector's claim of this object now fails
+        try:
+            standing = driver.get_content(verdict)
+        except PathNotFound:
+            if claimed:
+                return  # R3: the claimed deletion is over; the caller sees the absence
+            continue  # a claim ended between our create and our read: decide again
+        if not standing.startswith(_CLAIMED):
+            return  # R3: retained (by another writer, or by us after a lost response)
+        # Being deleted: wait for the verdict to go, the claim's last step (not for the
+        # object to go: the claim may still be deleting around it).
+        claimed = True
         if time.monotonic() >= deadline:
             raise StorageUnavailable(
                 "garbage collection is deleting a blob this request reuses",
-                {"claim": claim},
+                {"verdict": verdict},
             )
-        sleep(_POLL)
+        sleep(pause)
+        pause = min(pause * 2, 0.25)
 
 
 # -- the report ------------------------------------------------------------------------
@@ -341,14 +386,6 @@ def _link_target(raw: bytes) -> Digest | None:
     except (UnicodeDecodeError, IngestError):
         return None
     return d if d.algorithm == CANONICAL_ALGORITHM else None
-
-
-def _exists(driver: StorageDriver, path: str) -> bool:
-    try:
-        driver.stat(path)
-    except PathNotFound:
-        return False
-    return True
 
 
 @dataclass
@@ -538,26 +575,39 @@ class _Collector:
         self.beat = beat
         self.step = on_step
         self.flagged = False
+        self.run = uuid.uuid4().hex
 
     def flag(self) -> None:
         if not self.flagged:
-            self.driver.put_content(paths.gc_sweep_path(), b"sweeping\n", durable=False)
+            self.driver.put_content(
+                paths.gc_sweep_path(), f"sweeping {self.run}\n".encode(), durable=False
+            )
             self.flagged = True
             self.step("flagged")
 
-    def unflag(self) -> None:
+    def unflag(self, *, clear: bool) -> None:
+        """S5: the flag first (no writer records a verdict after it), then, with
+        ``clear``, the verdicts. A run that stops early keeps them: a claim it left
+        may have deleted links of a blob still present, and a writer waiting on it
+        must not take the blob for kept (it waits, then answers UNAVAILABLE; the next
+        run clears the verdicts)."""
         if self.flagged:
             with contextlib.suppress(PathNotFound):
                 self.driver.delete(paths.gc_sweep_path())
             self.flagged = False
+            if clear:
+                _clear_verdicts(self.driver)
 
-    def _claim(self, tombstone: str, claim: str) -> bool:
-        """S4's rename; False if a writer deleted the tombstone (keep the object)."""
+    def _claim(self, verdict: str) -> bool:
+        """S4: create the verdict "claimed"; False if a writer's verdict stands (keep
+        the object). After it, delete the object, then the verdict."""
+        mine = _verdict(_CLAIMED, self.run)
+        if self.driver.put_if_absent(verdict, mine, durable=False):
+            return True
         try:
-            self.driver.move(tombstone, claim)
+            return self.driver.get_content(verdict) == mine  # ours, after a lost response
         except PathNotFound:
-            return False
-        return True
+            return False  # keeping is always safe
 
     # -- untagged revisions ---------------------------------------------------------
 
@@ -611,11 +661,6 @@ class _Collector:
         if not doomed:
             return set()
         self.flag()
-        for (name, _), rev in doomed.items():
-            self.driver.put_content(
-                paths.gc_revision_tombstone_path(name, rev.digest), b"", durable=False
-            )
-        self.step("tombstoned")
         # Rescan: what is tagged now, and every revision that is new or rewritten,
         # counts as a root.
         manifests = _Manifests(self.driver)
@@ -637,15 +682,12 @@ class _Collector:
         deleted: set[tuple[str, Digest]] = set()
         for (name, key), rev in doomed.items():
             self.beat()
-            tombstone = paths.gc_revision_tombstone_path(name, rev.digest)
             if (name, key) in keep:
                 self.report.rescued += 1
-                with contextlib.suppress(PathNotFound):
-                    self.driver.delete(tombstone)
                 continue
-            claim = paths.gc_revision_claim_path(name, rev.digest)
-            if not self._claim(tombstone, claim):
-                self.report.rescued += 1
+            verdict = paths.gc_revision_verdict_path(name, rev.digest)
+            if not self._claim(verdict):
+                self.report.rescued += 1  # a writer's retain_revision got there first
                 continue
             self.step("claimed")
             refs = manifests.refs(rev.target)
@@ -659,7 +701,7 @@ class _Collector:
             deleted.add((name, rev.target))
             self.step("deleted")
             with contextlib.suppress(PathNotFound):
-                self.driver.delete(claim)
+                self.driver.delete(verdict)
         self.report.manifests_deleted += len(deleted)
         return set()
 
@@ -711,14 +753,8 @@ class _Collector:
             return
         if not candidates:
             return
-        # S2: the flag, then the tombstones.
+        # S2: the flag.
         self.flag()
-        for hexd in candidates:
-            self.beat()
-            driver.put_content(
-                paths.gc_blob_tombstone_path(Digest(CANONICAL_ALGORITHM, hexd)), b"", durable=False
-            )
-        self.step("tombstoned")
         # S3: rescan. Uploads first: a commit's links are visible before its result.
         rescued: set[str] = set()
         rescued |= _in_flight(driver) & candidates.keys()
@@ -751,14 +787,11 @@ class _Collector:
         for hexd in sorted(candidates):
             self.beat()
             digest = Digest(CANONICAL_ALGORITHM, hexd)
-            tombstone = paths.gc_blob_tombstone_path(digest)
             if hexd in rescued:
                 report.rescued += 1
-                with contextlib.suppress(PathNotFound):
-                    driver.delete(tombstone)
                 continue
-            claim = paths.gc_blob_claim_path(digest)
-            if not self._claim(tombstone, claim):
+            verdict = paths.gc_blob_verdict_path(digest)
+            if not self._claim(verdict):
                 report.rescued += 1  # a writer's retain_blob got there first
                 continue
             self.step("claimed")
@@ -779,7 +812,7 @@ class _Collector:
             self._count_freed(hexd, size, removed)
             self.step("deleted")
             with contextlib.suppress(PathNotFound):
-                driver.delete(claim)
+                driver.delete(verdict)
 
     def _count_freed(self, hexd: str, size: int, links: int) -> None:
         self.report.blobs_deleted += 1
@@ -789,16 +822,24 @@ class _Collector:
             self.report.freed.append(f"{CANONICAL_ALGORITHM}:{hexd}")
 
 
+def _clear_verdicts(driver: StorageDriver) -> int:
+    """Delete the verdicts one by one (a writer may be creating one meanwhile: that
+    one stays, and keeps its object for one run at most)."""
+    cleared = 0
+    for fi in list(driver.walk(paths.gc_verdicts_root())):
+        if is_temporary(fi.path):
+            continue
+        with contextlib.suppress(PathNotFound):
+            driver.delete(fi.path)
+            cleared += 1
+    return cleared
+
+
 def _recover(driver: StorageDriver) -> int:
     """Clear what a dead run left: keeping a blob is always safe (module docstring)."""
-    cleared = 0
-    for root in (paths.gc_tombstones_root(), paths.gc_claims_root()):
-        cleared += sum(1 for _ in driver.walk(root))
-        with contextlib.suppress(PathNotFound):
-            driver.delete(root)
     with contextlib.suppress(PathNotFound):
         driver.delete(paths.gc_sweep_path())
-    return cleared
+    return _clear_verdicts(driver)
 
 
 def storage_clock(driver: StorageDriver) -> float:
@@ -835,11 +876,13 @@ def collect_garbage(
         report.recovered = _recover(driver)
     report.epoch = storage_clock(driver) if epoch is None else epoch
     collector = _Collector(driver, report, report.epoch - grace, beat, on_step or _nothing)
+    finished = False
     try:
         gone = collector.sweep_revisions(dry_run) if delete_untagged else set()
         if report.swept:
             collector.sweep_blobs(dry_run, gone)
+        finished = True
     finally:
-        collector.unflag()
+        collector.unflag(clear=finished)
     report.duration = round(time.monotonic() - started, 6)
     return report

@@ -31,11 +31,11 @@ The layout, below the driver's root::
     /gc/clock                                           garbage collection's clock probe: its
                                                         mtime is the storage's "now" (ingest.gc)
     /gc/sweep                                           present while a sweep decides: writers
-                                                        that reuse a blob then look for markers
-    /gc/tombstones/blobs/<hex>                          blob <hex> is about to be collected
-    /gc/claims/blobs/<hex>                              ... and is being deleted now
-    /gc/tombstones/revisions/<name>/<alg>/<hex>         the same two for an untagged manifest
-    /gc/claims/revisions/<name>/<alg>/<hex>             revision (``gc --delete-untagged``)
+                                                        that reuse a blob then record verdicts
+    /gc/verdicts/blobs/<hex>                            "claimed" (being deleted) or "retained"
+                                                        (kept): created once, by the winner
+    /gc/verdicts/revisions/<name>/<alg>/<hex>           the same for an untagged manifest
+                                                        revision (``gc --delete-untagged``)
     /notifications/<endpoint>/outbox/<key>              one event waiting for delivery to that
                                                         endpoint; keys sort oldest first
                                                         (ingest.notify)
@@ -82,14 +82,11 @@ __all__ = [
     "blobs_root",
     "entry_name",
     "fsck_state_path",
-    "gc_blob_claim_path",
-    "gc_blob_tombstone_path",
-    "gc_claims_root",
+    "gc_blob_verdict_path",
     "gc_clock_path",
-    "gc_revision_claim_path",
-    "gc_revision_tombstone_path",
+    "gc_revision_verdict_path",
     "gc_sweep_path",
-    "gc_tombstones_root",
+    "gc_verdicts_root",
     "health_probe_path",
     "layer_link_dir",
     "layer_link_path",
@@ -493,17 +490,13 @@ def gc_clock_path() -> str:
 
 
 def gc_sweep_path() -> str:
-    """Present while a sweep may tombstone: a writer that reuses an existing blob or
-    revision looks for markers (below) only while it exists."""
+    """Present while a sweep is deciding (it holds the run's id): a writer that reuses
+    an existing blob or revision records a verdict (below) only while it exists."""
     return f"{_GC}/sweep"
 
 
-def gc_tombstones_root() -> str:
-    return f"{_GC}/tombstones"
-
-
-def gc_claims_root() -> str:
-    return f"{_GC}/claims"
+def gc_verdicts_root() -> str:
+    return f"{_GC}/verdicts"
 
 
 def _gc_blob_key(digest: Digest) -> str:
@@ -518,23 +511,16 @@ def _gc_revision_key(repository: str, digest: Digest) -> str:
     return f"revisions/{validate_name(repository)}/{alg}/{enc}"
 
 
-def gc_blob_tombstone_path(digest: Digest) -> str:
-    """Blob ``digest`` (canonical) is a collection candidate; a writer that deletes
-    this marker keeps it."""
-    return f"{gc_tombstones_root()}/{_gc_blob_key(digest)}"
+def gc_blob_verdict_path(digest: Digest) -> str:
+    """Who won the race for blob ``digest`` (canonical) in the current sweep: created
+    once (``put_if_absent``) by the collector ("claimed": it deletes the blob) or by a
+    writer ("retained": the blob is kept)."""
+    return f"{gc_verdicts_root()}/{_gc_blob_key(digest)}"
 
 
-def gc_blob_claim_path(digest: Digest) -> str:
-    """The collector took the tombstone here: the blob is being deleted."""
-    return f"{gc_claims_root()}/{_gc_blob_key(digest)}"
-
-
-def gc_revision_tombstone_path(repository: str, digest: Digest) -> str:
-    return f"{gc_tombstones_root()}/{_gc_revision_key(repository, digest)}"
-
-
-def gc_revision_claim_path(repository: str, digest: Digest) -> str:
-    return f"{gc_claims_root()}/{_gc_revision_key(repository, digest)}"
+def gc_revision_verdict_path(repository: str, digest: Digest) -> str:
+    """:func:`gc_blob_verdict_path` for manifest revision ``digest`` of ``repository``."""
+    return f"{gc_verdicts_root()}/{_gc_revision_key(repository, digest)}"
 
 
 def health_probe_path(probe_id: str) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "StorageDriver",
     "StorageError",
     "check_path",
+    "exists",
     "is_temporary",
     "sync_in_background",
 ]
@@ -87,6 +88,15 @@ def check_path(path: str) -> str:
     ):
         raise InvalidPath(str(path)[:200], "invalid storage path")
     return path
+
+
+def exists(driver: StorageDriver, path: str) -> bool:
+    """Whether an object (or directory) is stored at ``path``."""
+    try:
+        driver.stat(path)
+    except PathNotFound:
+        return False
+    return True
 
 
 def is_temporary(path: str) -> bool:
@@ -150,6 +160,18 @@ class StorageDriver(Protocol):
         never a part. With ``durable`` (the default) it survives a machine crash
         once this returns; without, only a process crash (no fsync: for records
         that can be rebuilt). Creates parent directories."""
+
+    def put_if_absent(self, path: str, content: bytes, *, durable: bool = True) -> bool:
+        """Store ``content`` at ``path`` only if no object is stored there; True if
+        this call created it, False if one was there.
+
+        Atomic against a concurrent ``put_if_absent`` of the same path: of any number
+        racing, exactly one stores its content, and readers never see a part of it.
+        (Not against a concurrent ``put_content``, ``writer`` or ``move`` to the path.)
+        A driver may answer False for an object its own retried request created (a lost
+        response): a caller that must know writes content unique to it and reads it
+        back. ``durable`` as for ``put_content``; creates parent directories. This is
+        the one primitive two processes can decide a race with (see :mod:`ingest.gc`)."""
 
     def reader(self, path: str, offset: int = 0) -> BinaryIO:
         """A seekable binary file positioned at ``offset``. PathNotFound if missing;

@@ -98,6 +98,27 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_temp(full: Path, content: bytes, durable: bool, mode: int) -> Path:
+    """``content`` in a new temporary file next to ``full`` (fsync'd if ``durable``),
+    for an atomic rename or link onto ``full``; removed again if writing fails."""
+    # Fixed-length name: a target name near NAME_MAX must still fit.
+    tmp = full.with_name(f"{TMP_MARKER}{secrets.token_hex(8)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with open(fd, "wb", buffering=0) as f:
+            view = memoryview(content)
+            while view:
+                n = f.write(view)
+                view = view[n or 0 :]
+            if durable:
+                os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
 class _FileWriter:
     def __init__(self, full: Path, logical: str, append: bool, file_mode: int) -> None:
         self._logical = logical
@@ -256,19 +277,44 @@ class FilesystemDriver:
                 with contextlib.suppress(FileNotFoundError):
                     _fsync_dir(full.parent)
 
+    def put_if_absent(self, path: str, content: bytes, *, durable: bool = True) -> bool:
+        full = self._full(path)
+        with _mapped(path):
+            for attempt in range(_PUT_ATTEMPTS):
+                self._makedirs(full.parent, durable=durable)
+                try:
+                    created = self._write_and_link(full, content, durable, self.file_mode)
+                    break
+                except FileNotFoundError:
+                    # The parent went (a concurrent delete): as in put_content.
+                    if attempt == _PUT_ATTEMPTS - 1:
+                        raise
+            if created and durable:
+                with contextlib.suppress(FileNotFoundError):
+                    _fsync_dir(full.parent)
+            return created
+
+    @staticmethod
+    def _write_and_link(full: Path, content: bytes, durable: bool, mode: int) -> bool:
+        # The bytes go to a temporary file first, so a reader never sees a part; then
+        # link(2), which (unlike rename) fails with EEXIST if anything has the name:
+        # the exclusive step, atomic on local file systems, NFS and CephFS. (An NFS
+        # retransmission of a link that landed gets EEXIST: a False for our own
+        # object, which the contract allows.)
+        tmp = _write_temp(full, content, durable, mode)
+        try:
+            os.link(tmp, full)
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        return True
+
     @staticmethod
     def _write_and_replace(full: Path, content: bytes, durable: bool, mode: int) -> None:
-        # Fixed-length name: a target name near NAME_MAX must still fit.
-        tmp = full.with_name(f"{TMP_MARKER}{secrets.token_hex(8)}")
+        tmp = _write_temp(full, content, durable, mode)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            with open(fd, "wb", buffering=0) as f:
-                view = memoryview(content)
-                while view:
-                    n = f.write(view)
-                    view = view[n or 0 :]
-                if durable:
-                    os.fsync(f.fileno())
             os.replace(tmp, full)
         except BaseException:
             with contextlib.suppress(OSError):

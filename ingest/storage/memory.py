@@ -108,6 +108,14 @@ class MemoryDriver:
             self._objects[path] = _Object(content)
             self._mtimes[path] = time.time()
 
+    def put_if_absent(self, path: str, content: bytes, *, durable: bool = True) -> bool:
+        with self._lock:  # the check and the store are one step
+            if check_path(path) in self._objects or self._is_dir(path):
+                return False
+            self._objects[path] = _Object(content)
+            self._mtimes[path] = time.time()
+            return True
+
     def reader(self, path: str, offset: int = 0) -> BinaryIO:
         data = self.get_content(path)
         if offset < 0 or offset > len(data):

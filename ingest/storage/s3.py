@@ -42,6 +42,12 @@ filesystem, where the writer's descriptor follows the renamed file).
 :meth:`S3Driver.purge_leftovers` removes such markers, the segments of objects a crash
 left without a manifest, and multipart uploads a crashed ``move`` left open.
 
+``put_if_absent`` is one ``PutObject`` with ``If-None-Match: *``: the server lets
+exactly one of racing creators succeed (the others get 412), which is what garbage
+collection decides its races with (:mod:`ingest.gc`). A retried request whose first
+attempt landed gets 412 too, so it answers False for an object it created (the
+contract allows it).
+
 Requires conditional writes (``If-Match``/``If-None-Match`` on ``PutObject`` and
 ``If-Match`` on ``DeleteObject``): AWS S3 since 2024, MinIO, and the moto server the
 tests run against.
@@ -562,6 +568,39 @@ class S3Driver:
         check_path(path)
         with self.reader(path) as f:
             return f.read()
+
+    def put_if_absent(self, path: str, content: bytes, *, durable: bool = True) -> bool:
+        # One PutObject with If-None-Match: * decides among racing creators (S3 lets
+        # the first to complete win and answers 412 to the others). The manifest
+        # check only keeps an appendable object from being shadowed; like the
+        # contract, it is not atomic against a writer.
+        check_path(path)
+        if self._head(self._append_key(path), path) is not None:
+            return False
+        for _ in range(_CAS_ATTEMPTS):
+            try:
+                with _mapped(path):
+                    self._client.put_object(
+                        Bucket=self.bucket,
+                        Key=self._file_key(path),
+                        Body=content,
+                        IfNoneMatch="*",
+                    )
+            except StorageUnavailable as exc:
+                code = exc.detail.get("code")
+                if code in ("PreconditionFailed", "412"):
+                    return False
+                if code in _CONFLICT:
+                    # 409 ConditionalRequestConflict: a concurrent request on the key
+                    # (e.g. a delete) completed first; it says nothing about who won.
+                    time.sleep(0.01)
+                    continue
+                raise
+            return True
+        raise StorageUnavailable(
+            f"{path} kept changing under a conditional create",
+            {"code": "Contention", "path": path},
+        )
 
     def put_content(self, path: str, content: bytes, *, durable: bool = True) -> None:
         check_path(path)

@@ -127,4 +127,4 @@ def test_gc_while_pushing_never_loses_a_referenced_blob(stack: Stack, tmp_path: 
     # The garbage nobody referenced was freed, links and all.
     for data in never:
         assert not present(stack, sha256(data))
-    assert not list(stack.ingest.driver.walk(paths.gc_claims_root()))
+    assert not list(stack.ingest.driver.walk(paths.gc_verdicts_root()))

@@ -25,6 +25,7 @@ from ingest.errors import ArgumentInvalid, IngestError, ManifestBlobUnknown
 from ingest.fsck import run_fsck
 from ingest.manifests import OCI_INDEX, OCI_MANIFEST
 from ingest.storage.base import PathNotFound, StorageDriver
+from tests.support.s3fixtures import new_s3_driver, s3_server
 from tests.unit.fakes import (
     DRIVER_KINDS,
     make_driver,
@@ -34,16 +35,27 @@ from tests.unit.fakes import (
     worker_settings,
 )
 
+__all__ = ["s3_server"]  # the fixture, imported for pytest
+
 REPO = "team/app"
 OTHER = "team/other"
 #: Sweep steps at which a concurrent push is injected (``claimed`` is run on a thread:
 #: the writer must wait for the deletion it collides with).
-STEPS = ["marked", "flagged", "tombstoned", "rescanned", "claimed"]
+STEPS = ["marked", "flagged", "rescanned", "claimed"]
 
 
-@pytest.fixture(params=DRIVER_KINDS)
+@pytest.fixture(params=[*DRIVER_KINDS, "s3"])
 def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
+    if request.param == "s3":
+        # A real S3 server (moto_server): the claim must be sound without a rename.
+        return new_s3_driver(request.getfixturevalue("s3_server"))
     return make_driver(request.param, tmp_path)
+
+
+def tick(driver: StorageDriver) -> float:
+    """A pause after which the storage's clock has moved on: S3 reports mtimes (HEAD's
+    Last-Modified) in whole seconds, file systems to the nanosecond."""
+    return 1.05 if driver.name == "s3" else 0.02
 
 
 @pytest.fixture
@@ -111,6 +123,24 @@ def present(driver: StorageDriver, d: Digest) -> bool:
     return True
 
 
+def recording(waited: list[float]) -> Callable[[float], None]:
+    """A ``sleep`` for retain_blob that records each wait."""
+
+    def sleep(seconds: float) -> None:
+        waited.append(seconds)
+        time.sleep(seconds)
+
+    return sleep
+
+
+def present_path(driver: StorageDriver, path: str) -> bool:
+    try:
+        driver.stat(path)
+    except PathNotFound:
+        return False
+    return True
+
+
 def linked(driver: StorageDriver, repo: str, d: Digest) -> bool:
     try:
         driver.stat(paths.layer_link_path(repo, d))
@@ -131,7 +161,7 @@ def collect(driver: StorageDriver, **kwargs: Any) -> gc.GcReport:
     """A run on the storage's clock with a grace of 0: what was written before it is
     old, what a concurrent push writes while it runs is young."""
     kwargs.setdefault("grace", 0.0)
-    time.sleep(0.02)  # past the file system's timestamp granularity
+    time.sleep(tick(driver))  # past the storage's timestamp granularity
     return gc.collect_garbage(driver, **kwargs)
 
 
@@ -153,8 +183,8 @@ def assert_intact(ing: Ingest) -> None:
             ing.manifests.get(link.repository, desc["digest"])
     report = run_fsck(driver)
     assert report.clean, report.to_dict()["findings"]
-    assert not list(driver.walk(paths.gc_tombstones_root()))
-    assert not list(driver.walk(paths.gc_claims_root()))
+    assert not list(driver.walk(paths.gc_verdicts_root()))
+    assert not present_path(driver, paths.gc_sweep_path())
 
 
 # -- reachability ------------------------------------------------------------------------
@@ -235,9 +265,9 @@ def test_the_grace_period_keeps_young_blobs_and_a_relink_makes_an_old_one_young(
 ) -> None:
     old = blob(driver, b"old", REPO)
     relinked = blob(driver, b"relinked", REPO)
-    time.sleep(0.05)
+    time.sleep(2 * tick(driver))
     middle = time.time()
-    time.sleep(0.05)
+    time.sleep(2 * tick(driver))
     assert ing.mount(OTHER, REPO, relinked)  # a re-link: young again
     young = blob(driver, b"young", REPO)
 
@@ -275,7 +305,7 @@ def test_dry_run_changes_nothing_and_reports_what_a_run_frees(
     before = snapshot()
     dry = collect(driver, dry_run=True)
     assert snapshot() == before
-    assert not list(driver.walk("/gc/tombstones"))
+    assert [fi.path for fi in driver.walk("/gc")] == [paths.gc_clock_path()]  # no flag
     real = collect(driver)
     keys = ("blobs_deleted", "bytes_freed", "links_deleted", "freed", "candidates")
     assert {k: dry.to_dict()[k] for k in keys} == {k: real.to_dict()[k] for k in keys}
@@ -301,7 +331,7 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("at", ["flagged", "tombstoned", "rescanned", "claimed", "unlinked"])
+@pytest.mark.parametrize("at", ["flagged", "rescanned", "claimed", "unlinked"])
 def test_a_crash_at_any_step_leaves_nothing_broken_and_a_rerun_finishes(
     driver: StorageDriver, ing: Ingest, at: str
 ) -> None:
@@ -331,15 +361,62 @@ def test_a_stale_claim_fails_a_writer_with_unavailable_until_the_next_run(
     driver: StorageDriver,
 ) -> None:
     d = blob(driver, b"x", REPO)
-    driver.put_content(paths.gc_sweep_path(), b"")
-    driver.put_content(paths.gc_blob_claim_path(d), b"")
+    other = blob(driver, b"y", REPO)
+    driver.put_content(paths.gc_sweep_path(), b"sweeping deadrun\n")
+    driver.put_content(paths.gc_blob_verdict_path(d), b"claimed deadrun 0\n")
     from ingest.errors import StorageUnavailable
 
+    waited: list[float] = []
     with pytest.raises(StorageUnavailable):
-        gc.retain_blob(driver, d, wait=0.05)
+        gc.retain_blob(driver, d, wait=1.0, sleep=recording(waited))
+    assert waited  # it waited for the claim, boundedly
+    gc.retain_blob(driver, other, wait=0.0)  # a blob the dead run did not claim: no wait
     report = collect(driver, grace=3600.0, epoch=time.time())  # keeps everything
-    assert report.recovered == 1
+    assert report.recovered == 2  # the claim, and the other writer's verdict
     gc.retain_blob(driver, d, wait=0.0)
+    assert present(driver, d)
+    assert present(driver, other)
+    assert not list(driver.walk(paths.gc_verdicts_root()))
+
+
+def test_a_writer_and_the_claim_racing_on_one_blob_never_both_win(driver: StorageDriver) -> None:
+    # The race the protocol rests on, with real threads: the collector's claim (S4) and
+    # a writer's retain_blob (R2) on the same blob at the same instant. Exactly one
+    # wins: either the claim succeeds and the writer waits for the deletion to end, or
+    # the writer's verdict stands and the claim fails.
+    def claim(collector: Any, verdict: str, start: threading.Barrier, claimed: list[bool]) -> None:
+        start.wait()
+        won = collector._claim(verdict)
+        claimed.append(won)
+        if won:
+            time.sleep(0.05)  # "deleting": the writer must still be waiting
+            driver.delete(verdict)
+
+    def retain(d: Digest, start: threading.Barrier, waited: list[float]) -> None:
+        start.wait()
+        gc.retain_blob(driver, d, sleep=recording(waited))
+
+    for i in range(12):
+        d = parse_digest(sha256(b"contested %d" % i))
+        report = gc.GcReport(dry_run=False, delete_untagged=False, grace=0.0, started_at=0.0)
+        collector = gc._Collector(driver, report, 0.0, lambda: None, lambda _: None)
+        collector.flag()
+        start = threading.Barrier(2)
+        claimed: list[bool] = []
+        waited: list[float] = []
+        verdict = paths.gc_blob_verdict_path(d)
+        threads = [
+            threading.Thread(target=claim, args=(collector, verdict, start, claimed)),
+            threading.Thread(target=retain, args=(d, start, waited)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        (won,) = claimed
+        assert won == bool(waited), (i, won, waited)
+        collector.unflag(clear=True)
+        assert not list(driver.walk(paths.gc_verdicts_root()))
 
 
 # -- races: a push at every step of a sweep ------------------------------------------------

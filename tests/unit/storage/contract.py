@@ -64,6 +64,7 @@ def _call_each_method(driver: StorageDriver) -> list[tuple[str, Callable[[str], 
     return [
         ("get_content", driver.get_content),
         ("put_content", lambda p: driver.put_content(p, b"x")),
+        ("put_if_absent", lambda p: driver.put_if_absent(p, b"x")),
         ("reader", driver.reader),
         ("writer", driver.writer),
         ("writer-append", lambda p: driver.writer(p, append=True)),
@@ -393,6 +394,67 @@ class StorageDriverContract:
         assert size == sum(len(p) for p in landed)
         assert driver.get_content("/race/data") == b"".join(landed)
         driver.delete("/race")
+
+    # -- put_if_absent (exclusive create) ---------------------------------------------
+
+    def test_put_if_absent_creates_once_and_never_overwrites(self, driver: StorageDriver) -> None:
+        assert driver.put_if_absent("/excl/a/verdict", b"first") is True
+        assert driver.get_content("/excl/a/verdict") == b"first"
+        assert driver.put_if_absent("/excl/a/verdict", b"second") is False
+        assert driver.get_content("/excl/a/verdict") == b"first"
+        driver.put_content("/excl/b", b"put")
+        assert driver.put_if_absent("/excl/b", b"excl", durable=False) is False
+        assert driver.get_content("/excl/b") == b"put"
+        _write(driver, "/excl/c", b"appendable").close()  # a writer's object counts too
+        assert driver.put_if_absent("/excl/c", b"excl") is False
+        assert driver.get_content("/excl/c") == b"appendable"
+        driver.delete("/excl/a/verdict")  # once deleted, the path is free again
+        assert driver.put_if_absent("/excl/a/verdict", b"again") is True
+        assert driver.get_content("/excl/a/verdict") == b"again"
+        assert driver.stat("/excl/a/verdict").size == 5
+        assert sorted(fi.path for fi in driver.walk("/excl")) == [
+            "/excl/a/verdict",
+            "/excl/b",
+            "/excl/c",
+        ]  # no temporary object is left behind
+        driver.delete("/excl")
+
+    def test_put_if_absent_of_an_empty_object(self, driver: StorageDriver) -> None:
+        assert driver.put_if_absent("/excl-empty/x", b"") is True
+        assert driver.get_content("/excl-empty/x") == b""
+        assert driver.put_if_absent("/excl-empty/x", b"") is False
+        driver.delete("/excl-empty")
+
+    def test_exactly_one_of_many_racing_put_if_absent_wins(self, driver: StorageDriver) -> None:
+        n, rounds = 8, 5
+
+        def racer(
+            path: str, i: int, start: threading.Barrier, won: list[int], errors: list[object]
+        ) -> None:
+            start.wait()
+            try:
+                if driver.put_if_absent(path, f"racer-{i}".encode() * 64):
+                    won.append(i)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        for r in range(rounds):
+            path = f"/excl-race/{r}/verdict"
+            start = threading.Barrier(n)
+            won: list[int] = []
+            errors: list[object] = []
+            threads = [
+                threading.Thread(target=racer, args=(path, i, start, won, errors)) for i in range(n)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            assert not errors, errors
+            assert len(won) == 1, (r, won)
+            # The stored object is the winner's, whole.
+            assert driver.get_content(path) == f"racer-{won[0]}".encode() * 64
+        driver.delete("/excl-race")
 
     # -- stat / list -------------------------------------------------------------------
 
