@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import bench_push
@@ -63,13 +65,24 @@ class S3Side(OursServer):
         self.current_round = 0
         self.last_requests = 0
 
-    def requests(self) -> int:
-        """Requests moto has served so far (its log has one line per request)."""
+    def log_size(self) -> int:
+        """Bytes moto has logged so far (one line per request)."""
         log = self.moto._log
+        return log.stat().st_size if log is not None and log.exists() else 0
+
+    def requests_since(self, offset: int) -> Counter[str]:
+        """The requests moto served after log byte ``offset``, by kind (:func:`kind`)."""
+        log = self.moto._log
+        out: Counter[str] = Counter()
         if log is None or not log.exists():
-            return 0
+            return out
         with open(log, "rb") as f:
-            return sum(1 for line in f if b' HTTP/1.1" ' in line)
+            f.seek(offset)
+            for line in f:
+                m = _REQUEST_LINE.search(line.decode("utf-8", "replace"))
+                if m:
+                    out[kind(m["method"], m["target"])] += 1
+        return out
 
     def pids(self) -> dict[str, list[int]]:
         out = super().pids()
@@ -79,8 +92,34 @@ class S3Side(OursServer):
         return out
 
 
+_REQUEST_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/1\.1" ')
+
+
+def kind(method: str, target: str) -> str:
+    """A request's kind for the breakdown: the method, the driver's key area (and the
+    area below ``files/``), and the S3 operation its query names."""
+    path, _, query = target.partition("?")
+    parts = path.split("/")
+    area = ""
+    for i, seg in enumerate(parts):
+        if seg in ("files", "appends", "segments"):
+            area = seg
+            if seg == "files" and i + 1 < len(parts):
+                area += "/" + parts[i + 1]
+            break
+    op = ""
+    for q in ("uploads", "uploadId", "partNumber", "list-type", "delete", "prefix"):
+        if re.search(rf"(^|&){q}(=|&|$)", query):
+            op = q
+    return " ".join(x for x in (method, area or "(bucket)", op and f"?{op}") if x)
+
+
 #: (workload, round) -> S3 requests during that run's pushes (not its verification).
 PUSH_REQUESTS: dict[tuple[str, int], int] = {}
+#: workload -> S3 requests of its pushes over every round, by kind.
+PUSH_KINDS: dict[str, Counter[str]] = {}
+#: workload -> blobs pushed over every round (the denominator of PUSH_KINDS).
+PUSHED: Counter[str] = Counter()
 _run_pushes = bench_push.run_pushes
 
 
@@ -88,13 +127,27 @@ def _counted_run_pushes(server: bench_push.Server, *args: object, **kwargs: obje
     """bench_push.run_pushes, counting the S3 requests of the S3 side's pushes."""
     if not isinstance(server, S3Side):
         return _run_pushes(server, *args, **kwargs)  # type: ignore[arg-type]
-    before = server.requests()
+    before = server.log_size()
     out = _run_pushes(server, *args, **kwargs)  # type: ignore[arg-type]
     wl = args[1]
     assert isinstance(wl, Workload)
-    server.last_requests = server.requests() - before
+    kinds = server.requests_since(before)
+    server.last_requests = sum(kinds.values())
     PUSH_REQUESTS[(wl.name, server.current_round)] = server.last_requests
+    PUSH_KINDS.setdefault(wl.name, Counter()).update(kinds)
+    PUSHED[wl.name] += wl.count
     return out
+
+
+def breakdown(workloads: list[Workload]) -> str:
+    """S3 requests per pushed blob by kind, over every round."""
+    rows = ["| workload | request kind | per blob |", "| --- | --- | ---: |"]
+    for wl in workloads:
+        kinds = PUSH_KINDS.get(wl.name, Counter())
+        n = max(1, PUSHED[wl.name])
+        for k, c in kinds.most_common():
+            rows.append(f"| {wl.name} | `{k}` | {c / n:.2f} |")
+    return "\n".join(rows)
 
 
 bench_push.run_pushes = _counted_run_pushes  # type: ignore[assignment]
@@ -186,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medians of {args.rounds} round(s); scale {args.scale}; 1 frontend, 1 worker")
         print(f"(prefork -c {args.worker_concurrency}); moto_server on the same cores\n")
         print(table(results, workloads))
+        print()
+        print(breakdown(workloads))
         bad = [m for r in results for m in r.failures + r.verify_failures]
         if bad:
             print(f"\n{len(bad)} failure(s); first ones:", file=sys.stderr)

@@ -180,6 +180,11 @@ class Ingest:
         queue = backends.task_queue(settings)
         return cls(driver, queue, settings, backends.notifier(settings, driver, queue))
 
+    @property
+    def write_size(self) -> int:
+        """Bytes per write for a frontend staging a stream (the driver's preference)."""
+        return self.driver.write_size
+
     # -- uploads ----------------------------------------------------------------------
 
     def start_upload(self, repository: str) -> Upload:

@@ -359,8 +359,11 @@ def _verify_and_place(
     staging.write_result(upload_id, result)
     # result.json is authoritative; the state file follows for readers of state alone.
     staging.transition(upload_id, record, UploadState.COMMITTED, durable=False)
-    with contextlib.suppress(PathNotFound):  # already moved into the blob store
-        driver.delete(data_path)
+    if deduplicated:
+        # The staged copy is left only when the blob was already there; a move took
+        # it otherwise (on an object store a delete of nothing still costs requests).
+        with contextlib.suppress(PathNotFound):
+            driver.delete(data_path)
     on_step("committed")
     return result
 

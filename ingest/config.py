@@ -257,6 +257,10 @@ def redis_tls_options(ca: str = "", cert: str = "", key: str = "") -> dict[str, 
     return options
 
 
+#: Other names a setting's variable is accepted under (without the prefix).
+_ALIASES: dict[str, tuple[str, ...]] = {"storage_driver": ("STORAGE",)}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """All runtime configuration, immutable. The order of the fields is the README's."""
@@ -268,7 +272,8 @@ class Settings:
         NAME,
         "filesystem",
         "storage backend, a name in `ingest.backends.STORAGE_DRIVERS`: `filesystem` or "
-        "`s3` (an S3-compatible object store, the `INGEST_S3_*` settings)",
+        "`s3` (an S3-compatible object store, the `INGEST_S3_*` settings); `INGEST_STORAGE` "
+        "is accepted as another name for it",
     )
     # Permissions of what the filesystem driver creates (the umask only removes bits).
     # Private by default: staged uploads are not for other local users.
@@ -708,6 +713,13 @@ class Settings:
         values: dict[str, Any] = {}
         for d in declarations(prefix):
             raw = environ.get(d.variable)
+            for alias in _ALIASES.get(d.field, ()):
+                other = environ.get(prefix + alias)
+                if other and raw and other != raw:
+                    raise ConfigError(
+                        f"{prefix}{alias}={other} and {d.variable}={raw} disagree", d.field
+                    )
+                raw = raw or other
             if not raw:
                 continue
             try:

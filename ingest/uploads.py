@@ -409,18 +409,29 @@ class UploadWriter:
 
     def read_from(self, stream: BinaryIO, *, limit: int | None = None) -> int:
         """Append everything ``stream`` yields (or ``limit`` bytes); return the count.
-        Copies in 1 MiB slices through one reused buffer: constant memory."""
+        Copies in slices of the driver's ``write_size`` through one reused buffer:
+        constant memory."""
         w = self._writable()
-        buf = bytearray(COPY_CHUNK)
+        chunk = max(COPY_CHUNK, self._staging.driver.write_size)
+        buf = bytearray(chunk)
         view = memoryview(buf)
         total = 0
         while limit is None or total < limit:
-            want = COPY_CHUNK if limit is None else min(COPY_CHUNK, limit - total)
-            n = stream.readinto(view[:want])  # type: ignore[attr-defined]
+            want = chunk if limit is None else min(chunk, limit - total)
+            # Fill the slice before writing: a pipe or socket hands over less per read,
+            # and on S3 each write is a request.
+            n = 0
+            while n < want:
+                got = stream.readinto(view[n:want])  # type: ignore[attr-defined]
+                if not got:
+                    break
+                n += got
             if not n:
                 break
             self._append(w, view[:n])
             total += n
+            if n < want:
+                break  # end of stream
         return total
 
     def _grew(self, before: int, after: int) -> None:

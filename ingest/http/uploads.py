@@ -31,8 +31,9 @@ from ingest.notify import Origin
 
 __all__ = ["delete_upload", "get_upload", "patch_upload", "put_upload", "start_upload"]
 
-#: Request bodies are staged in writes of this size: large enough that the
-#: storage sees few big writes, small enough to bound memory per request.
+#: Bodies up to this size are taken in one piece. Larger ones are staged in writes of
+#: the storage's ``write_size`` (1 MiB on a filesystem, a part on S3): large enough
+#: that the storage sees few big writes, small enough to bound memory per request.
 FLUSH_SIZE = 1 << 20
 
 _RANGE_RE = re.compile(r"(?:bytes=)?(\d+)-(\d+)")
@@ -141,13 +142,14 @@ async def _stream_body(request: Request, up: Upload) -> int:
         if offset + length > ing.settings.max_blob_size:
             raise TooLarge("blob exceeds the maximum size", {"limit": ing.settings.max_blob_size})
     upload_id_var.set(up.id)
+    flush_size = max(FLUSH_SIZE, ing.write_size)
     buf = bytearray()
     total = 0
     metrics.UPLOADS_ACTIVE.inc()
     try:
         async for chunk in request.stream():
             buf += chunk
-            if len(buf) >= FLUSH_SIZE:
+            if len(buf) >= flush_size:
                 data, buf = buf, bytearray()
                 await run_in_threadpool(up.write, data)
                 total += len(data)

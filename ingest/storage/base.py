@@ -151,6 +151,9 @@ class StorageDriver(Protocol):
     """A flat key space of byte objects with directory-like listing."""
 
     name: str
+    #: Bytes per ``write`` for a caller copying a stream into a writer. Each write may
+    #: cost a request (S3), and the caller holds that much in memory.
+    write_size: int
 
     def get_content(self, path: str) -> bytes:
         """The whole object; for small objects only. PathNotFound if missing."""

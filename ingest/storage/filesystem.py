@@ -208,6 +208,7 @@ class FilesystemDriver:
     """Stores objects as files below ``root``."""
 
     name = "filesystem"
+    write_size = 1 << 20
 
     def __init__(
         self,

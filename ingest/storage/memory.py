@@ -77,6 +77,7 @@ class MemoryDriver:
     """Objects in a dict; directories are implied by object paths."""
 
     name = "memory"
+    write_size = 1 << 20
 
     def __init__(self) -> None:
         self._objects: dict[str, _Object] = {}

@@ -4,7 +4,7 @@ Layout in the bucket, below the optional key prefix ``<p>/``::
 
     <p>/files/<path>                 plain objects: put_content, and every moved object
     <p>/appends/<path>               the manifest of an appendable object (JSON)
-    <p>/segments/<id>/<start>-<tok>  that object's bytes, one immutable object per write
+    <p>/segments/<id>/<start>-<tok>  that object's bytes in immutable objects (below)
     <p>/segments/<id>/owner          the logical path the manifest lives at (for purge)
     <p>/segments/<id>/moved-sealed   left by ``move`` of a sealed object (see below)
 
@@ -19,28 +19,41 @@ segment list, size and seal flag) with a conditional ``PutObject`` (``If-Match``
 ETag the writer last saw). The manifest is a compare-and-swap register: a write
 that lost a race (another writer appended, or the object was sealed, replaced or
 deleted meanwhile) changes nothing and reads why; ``seal`` is the same swap with the
-flag set. Segments are never overwritten (their names carry the writer's token), so
-the bytes a sealed manifest lists are fixed for good.
+flag set. Segments are never overwritten (each write names its own with a fresh
+token), so the bytes a sealed manifest lists are fixed for good.
 
-``move`` of an appendable object composes its segments into one plain object with a
-multipart upload: ``UploadPartCopy`` (server-side) for every run of at least the 5 MiB
-minimum part size, and a bounded buffer that re-uploads runs of smaller segments. It
-copies exactly the segments the (sealed) manifest lists, so the bytes placed are the
-bytes a verification hashed. The last step, deleting the manifest, is conditional on
-its ETag too, so a write that slipped in before it (only possible when moving an
-unsealed object) makes the move start again rather than lose that write.
+Small writes are buffered durably up to S3's 5 MiB minimum part size, as parts of a
+multipart upload would be: the trailing segments below that size are the buffer, and
+the write that takes it to the minimum stores one segment with the buffer's bytes (read
+back) and its own, in place of them. So every segment but the last few is big enough
+to be a part of its own, wherever the writes came from (a resumed upload continues the
+same buffer from any host). Frontends write ``write_size`` (the part size) at a time,
+so a streamed body needs no merging at all.
+
+``move`` of an appendable object makes it one plain object: a single ``CopyObject``
+if it is one segment, else one multipart upload with an ``UploadPartCopy``
+(server-side) per segment of at least the minimum part size, and the final one
+whatever its size; only a run of small segments in between or at the end (the
+buffer) goes through a bounded buffer and is uploaded again. It copies exactly the
+segments the (sealed) manifest lists, so the bytes placed are the bytes a
+verification hashed. The last step, deleting the manifest, is conditional on its ETag
+too, so a write that slipped in before it (only possible when moving an unsealed
+object) makes the move start again rather than lose that write.
 
 Plain objects are ordinary S3 objects (``put_content`` is one ``PutObject``: atomic
-and durable when it returns); a sealed one carries ``x-amz-meta-ingest-sealed``,
-which ``CopyObject`` and the composed upload keep, so the seal travels with ``move``.
-Where both a plain object and a manifest exist at one path (for a moment, while one
-replaces the other) the plain object wins.
+and durable when it returns; ``get_content`` one ``GetObject``); a sealed one carries
+``x-amz-meta-ingest-sealed``, which ``CopyObject`` and the composed upload keep, so
+the seal travels with ``move``. Where both a plain object and a manifest exist at one
+path the plain object wins. ``put_content`` does not look for a manifest to remove
+(that would add a request to every record write); a shadowed manifest goes when the
+path is moved or deleted, or with the purge.
 
 A writer whose object was sealed and then moved finds no manifest: the
 ``moved-sealed`` marker tells it so (ObjectSealed rather than PathNotFound, as on a
 filesystem, where the writer's descriptor follows the renamed file).
 :meth:`S3Driver.purge_leftovers` removes such markers, the segments of objects a crash
-left without a manifest, and multipart uploads a crashed ``move`` left open.
+left without a manifest, shadowed manifests, and multipart uploads a crashed ``move``
+left open.
 
 ``put_if_absent`` is one ``PutObject`` with ``If-None-Match: *``: the server lets
 exactly one of racing creators succeed (the others get 412), which is what garbage
@@ -283,7 +296,6 @@ class _S3Writer:
         self._path = path
         self._manifest = manifest
         self._etag = etag
-        self._token = secrets.token_hex(8)
         self._closed = False
 
     @property
@@ -302,12 +314,27 @@ class _S3Writer:
             self._refresh()  # nothing to add, but the same refusals apply
             return 0
         m = self._manifest
-        name = f"{m.size:016x}-{self._token}"
+        # The trailing segments under S3's minimum part size are the object's durable
+        # write buffer. Once it and this write reach that size they become one segment
+        # (their bytes read back and stored again with this write's), so every segment
+        # but the last few is big enough to be a part the commit copies server-side.
+        keep = len(m.segments)
+        while keep and m.segments[keep - 1][1] < MIN_PART_SIZE:
+            keep -= 1
+        buffered = m.segments[keep:]
+        start = m.size
+        if buffered and sum(seg[1] for seg in buffered) + n >= MIN_PART_SIZE:
+            start = buffered[0][0]
+            body = self._read_segments(buffered) + body
+        else:
+            keep = len(m.segments)
+        # A fresh name per write: a merged segment starts where an earlier one did.
+        name = f"{start:016x}-{secrets.token_hex(8)}"
         seg_key = d._segment_key(m.id, name)
         with _mapped(self._path):
             d._client.put_object(Bucket=d.bucket, Key=seg_key, Body=body)
-        segment = (m.size, n, name)
-        new = _Manifest(m.id, m.size + n, False, (*m.segments, segment))
+        segment = (start, len(body), name)
+        new = _Manifest(m.id, m.size + n, False, (*m.segments[:keep], segment))
         for _ in range(_CAS_ATTEMPTS):
             try:
                 self._etag = d._swap(self._path, new, self._etag)
@@ -320,6 +347,10 @@ class _S3Writer:
                     raise
                 if segment in current.segments:
                     return n  # our swap landed; its response was lost
+                if current.segments != m.segments:
+                    # Same size, other segments: someone else's swap, not ours.
+                    d._delete_keys([seg_key])
+                    raise InvalidOffset(self._path, "object changed under the writer") from None
                 continue  # same size, unsealed, new ETag: swap again on top of it
             # Any other failure leaves the segment alone: the swap may have landed.
             self._manifest = new
@@ -328,6 +359,23 @@ class _S3Writer:
             f"{self._path} kept changing under a write",
             {"code": "Contention", "path": self._path},
         )
+
+    def _read_segments(self, segments: Sequence[tuple[int, int, str]]) -> bytes:
+        """The bytes of ``segments`` (immutable objects, so no version to pin)."""
+        d = self._driver
+        out = bytearray()
+        for _, length, name in segments:
+            with _mapped(self._path):
+                data = d._client.get_object(
+                    Bucket=d.bucket, Key=d._segment_key(self._manifest.id, name)
+                )["Body"].read()
+            if len(data) != length:
+                raise StorageUnavailable(
+                    f"segment of {self._path} has {len(data)} bytes, {length} listed",
+                    {"code": "BadSegment", "path": self._path},
+                )
+            out += data
+        return bytes(out)
 
     def _refresh(self, landed: tuple[int, int, str] | None = None) -> _Manifest:
         """Re-read the manifest and adopt it; raise the refusal a write at this
@@ -403,6 +451,9 @@ class S3Driver:
         self._base = self.prefix + "/" if self.prefix else ""
         self.part_size = part_size
         self.read_window = read_window
+        #: One segment per write: part-sized writes make segments the commit copies
+        #: server-side, where 1 MiB ones would be merged (read back) on the way.
+        self.write_size = part_size
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Driver:
@@ -557,16 +608,29 @@ class S3Driver:
             return _Snapshot([piece], size, sealed, None, str(head["ETag"]))
         assert found is not None
         m, etag = found
-        pieces = [
+        return _Snapshot(self._pieces(m), m.size, m.sealed, m, etag)
+
+    def _pieces(self, m: _Manifest) -> list[_Piece]:
+        return [
             _Piece(self._segment_key(m.id, name), 0, length, None) for _, length, name in m.segments
         ]
-        return _Snapshot(pieces, m.size, m.sealed, m, etag)
 
     # -- the contract -------------------------------------------------------------------
 
     def get_content(self, path: str) -> bytes:
         check_path(path)
-        with self.reader(path) as f:
+        # One GET for a plain object (every record is one), where a reader would HEAD
+        # first to pin the ETag: a single response is one version already.
+        try:
+            with _mapped(path):
+                r = self._client.get_object(Bucket=self.bucket, Key=self._file_key(path))
+                return bytes(r["Body"].read())
+        except PathNotFound:
+            pass
+        found = self._manifest(path)
+        if found is None:
+            raise PathNotFound(path, "not found")
+        with _RangeReader(self, path, self._pieces(found[0]), 0, self.read_window) as f:
             return f.read()
 
     def put_if_absent(self, path: str, content: bytes, *, durable: bool = True) -> bool:
@@ -606,8 +670,9 @@ class S3Driver:
         check_path(path)
         with _mapped(path):
             self._client.put_object(Bucket=self.bucket, Key=self._file_key(path), Body=content)
-        # The plain object wins from now on; a manifest that was here goes.
-        self._drop_manifest(path)
+        # The plain object wins from now on. A manifest it shadows is not looked for
+        # here (that would double the requests of every record write): ``move`` drops
+        # one at its source, ``delete`` with the object, the purge when it is old.
 
     def _drop_manifest(self, path: str) -> None:
         found = self._manifest(path)
@@ -791,13 +856,14 @@ class S3Driver:
                     )
             else:
                 self._compose(source, snap.pieces, snap.size, dest_key, meta)
-            # The plain object at dest wins already; a manifest that was there goes.
-            self._drop_manifest(dest)
+            # The plain object at dest wins already (a manifest there is shadowed).
             if snap.manifest is None:
                 with contextlib.suppress(PathNotFound), _mapped(source):
                     self._client.delete_object(
                         Bucket=self.bucket, Key=snap.pieces[0].key, IfMatch=snap.etag
                     )
+                # A manifest the plain source shadowed would show through now.
+                self._drop_manifest(source)
                 return
             oid = snap.manifest.id
             marker = self._segment_key(oid, _MOVED_SEALED)
@@ -835,6 +901,23 @@ class S3Driver:
         if size == 0:
             with _mapped(path):
                 self._client.put_object(Bucket=self.bucket, Key=dest_key, Body=b"", Metadata=meta)
+            return
+        whole = [p for p in pieces if p.length]
+        if len(whole) == 1 and whole[0].start == 0 and size <= _MAX_SINGLE:
+            # One stored object as it is (a staged upload of one segment; every piece
+            # covers its whole object): one server-side copy instead of four requests.
+            extra: dict[str, Any] = {}
+            if whole[0].etag is not None:
+                extra["CopySourceIfMatch"] = whole[0].etag
+            with _mapped(path):
+                self._client.copy_object(
+                    Bucket=self.bucket,
+                    Key=dest_key,
+                    CopySource={"Bucket": self.bucket, "Key": whole[0].key},
+                    Metadata=meta,
+                    MetadataDirective="REPLACE",
+                    **extra,
+                )
             return
         # Stay within S3's 10,000 parts whatever the size (buffered parts grow).
         part = max(self.part_size, -(-size // (_MAX_PARTS - 100)))
@@ -917,8 +1000,9 @@ class S3Driver:
     def purge_leftovers(self, older_than: float, *, now: float | None = None) -> int:
         """Remove what crashes and moves leave behind, if older than ``older_than``
         seconds: open multipart uploads (a crashed ``move``), segment sets whose
-        manifest is gone (a crash, or a ``moved-sealed`` marker). Return the count of
-        multipart uploads and segment sets removed."""
+        manifest is gone (a crash, or a ``moved-sealed`` marker), and manifests a plain
+        object was put over, with their segments. Return the count of multipart uploads
+        and segment sets removed."""
         cutoff = (time.time() if now is None else now) - older_than
         removed = 0
         with _mapped("/"):
@@ -947,7 +1031,12 @@ class S3Driver:
                     logical = raw["Body"].read().decode()
                     found = self._manifest(check_path(logical))
                     if found is not None and found[0].id == oid:
-                        continue  # still in use
+                        if self._head(self._file_key(logical), logical) is None:
+                            continue  # still in use
+                        # Shadowed by a plain object put over it (put_content does not
+                        # look for one): nobody can read it, so it goes.
+                        with contextlib.suppress(_Lost, PathNotFound):
+                            self._delete_manifest(logical, found[1])
             self._delete_keys([o["Key"] for o in objects])
             removed += 1
         return removed
@@ -987,7 +1076,8 @@ class _Composer:
                 left = end - pos
                 if len(self._buf) >= MIN_PART_SIZE:
                     self._flush()
-                if not self._buf and left >= MIN_PART_SIZE:
+                # The last part may be small: a final piece is copied whatever its size.
+                if not self._buf and (left >= MIN_PART_SIZE or last):
                     n = min(left, _MAX_SINGLE)
                     # Never leave a tail too small to stand as a part of its own,
                     # unless it is the very end of the object.

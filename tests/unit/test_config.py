@@ -518,3 +518,13 @@ def test_auth_is_unset_by_default_and_any_case_of_a_mode_is_accepted() -> None:
     assert Settings.from_env({"INGEST_AUTH": "None"}).auth == "none"
     assert not Settings().delete_enabled
     assert not Settings().read_only
+
+
+def test_ingest_storage_is_another_name_for_the_storage_driver() -> None:
+    assert Settings.from_env({"INGEST_STORAGE": "s3"}).storage_driver == "s3"
+    assert (
+        Settings.from_env({"INGEST_STORAGE": "s3", "INGEST_STORAGE_DRIVER": "s3"}).storage_driver
+        == "s3"
+    )
+    with pytest.raises(ConfigError, match="INGEST_STORAGE=s3 and INGEST_STORAGE_DRIVER"):
+        Settings.from_env({"INGEST_STORAGE": "s3", "INGEST_STORAGE_DRIVER": "filesystem"})

@@ -254,3 +254,107 @@ def test_the_upload_purge_also_clears_the_drivers_leftovers(s3: S3Driver) -> Non
     summary = purge_uploads(s3, older_than=3600, now=10**11)
     assert summary.to_dict()["leftovers_removed"] == 1
     assert _open_uploads(s3) == []
+
+
+def _segment_sizes(d: S3Driver, path: str) -> list[int]:
+    found = d._manifest(path)
+    assert found is not None
+    return [length for _, length, _ in found[0].segments]
+
+
+def test_small_writes_are_buffered_durably_until_they_make_a_part(s3: S3Driver) -> None:
+    # The trailing small segments are the write buffer; at the minimum part size they
+    # become one segment, so only the last few segments are ever small.
+    data = os.urandom(3 * MIN_PART_SIZE + 777)
+    w = s3.writer("/uploads/small/data")
+    step = 700_000
+    for i in range(0, len(data), step):
+        w.write(data[i : i + step])
+        sizes = _segment_sizes(s3, "/uploads/small/data")
+        assert sum(sizes) == min(i + step, len(data))
+        big = [n >= MIN_PART_SIZE for n in sizes]
+        assert big == sorted(big, reverse=True)  # all big ones before all small ones
+        assert sum(n for n in sizes if n < MIN_PART_SIZE) < MIN_PART_SIZE
+        with s3.reader("/uploads/small/data", offset=i) as f:  # readable at once
+            assert f.read() == data[i : i + step]
+    w.close()
+    assert len(_segment_sizes(s3, "/uploads/small/data")) <= 3 + 7
+    # Another host continues the same object and its buffer.
+    other = S3Driver(s3._client, s3.bucket, s3.prefix)
+    w2 = other.writer("/uploads/small/data", append=True)
+    w2.write(b"tail")
+    assert s3.get_content("/uploads/small/data") == data + b"tail"
+    s3.seal("/uploads/small/data")
+    s3.move("/uploads/small/data", "/blobs/small/data")
+    assert hashlib.sha256(s3.get_content("/blobs/small/data")).digest() == (
+        hashlib.sha256(data + b"tail").digest()
+    )
+    s3.delete("/blobs")
+    assert [k for k in _bucket_keys(s3) if not k.endswith("/moved-sealed")] == []
+
+
+@pytest.mark.parametrize("race", ["seal", "append"])
+def test_a_merge_that_loses_its_race_changes_nothing_and_leaves_no_segment(
+    s3: S3Driver, race: str
+) -> None:
+    # A write that merges the buffer and, while it stores the merged segment, loses
+    # the manifest to a seal (finish) or to another host's append: the object keeps
+    # exactly the other side's bytes and the merged segment is not left behind.
+    path = "/uploads/m/data"
+    w = s3.writer(path)
+    w.write(b"a" * (MIN_PART_SIZE - 10))
+    other = S3Driver(s3._client, s3.bucket, s3.prefix).writer(path, append=True)
+    real_put = s3._client.put_object
+    merged: list[str] = []
+
+    def put_then_race(**kwargs: object) -> object:
+        out = real_put(**kwargs)  # type: ignore[arg-type]
+        key = str(kwargs["Key"])
+        if "/segments/" in key and not merged:
+            merged.append(key)
+            if race == "seal":
+                s3.seal(path)
+            else:
+                other.write(b"o" * 20)
+        return out
+
+    s3._client.put_object = put_then_race  # type: ignore[method-assign,assignment]
+    try:
+        with pytest.raises(ObjectSealed if race == "seal" else InvalidOffset):
+            w.write(b"b" * 20)  # 5 MiB + 10: merges the buffer
+    finally:
+        del s3._client.put_object
+    expected = b"a" * (MIN_PART_SIZE - 10) + (b"" if race == "seal" else b"o" * 20)
+    assert s3.get_content(path) == expected
+    assert merged
+    assert merged[0] not in _bucket_keys(s3)
+    s3.delete("/uploads")
+
+
+def test_a_plain_object_put_over_a_staged_one_shadows_it_until_move_or_purge(
+    s3: S3Driver,
+) -> None:
+    # put_content does not look for a manifest (one request per record write), so
+    # the plain object must win everywhere, and a move must not resurrect the old one.
+    w = s3.writer("/p/data")
+    w.write(b"staged")
+    w.close()
+    s3.put_content("/p/data", b"plain")
+    assert s3.get_content("/p/data") == b"plain"
+    assert s3.stat("/p/data").size == 5
+    assert [i.path for i in s3.walk("/p")] == ["/p/data"]
+    s3.move("/p/data", "/q/data")
+    assert s3.get_content("/q/data") == b"plain"
+    with pytest.raises(PathNotFound):
+        s3.stat("/p/data")
+    # Left for the purge: a manifest shadowed while it was not moved.
+    w = s3.writer("/s/data")
+    w.write(b"staged")
+    w.close()
+    s3.put_content("/s/data", b"plain")
+    assert s3.purge_leftovers(0, now=10**11) == 1
+    assert s3.get_content("/s/data") == b"plain"
+    assert not [k for k in _bucket_keys(s3) if "/appends/" in k or "/segments/" in k]
+    s3.delete("/q")
+    s3.delete("/s")
+    assert _bucket_keys(s3) == []
