@@ -123,18 +123,21 @@ class Upload(UploadWriter):
         if threshold and before < threshold <= after:
             self._ingest._start_prehash(self.id)
 
-    def finish(self, digest: Digest | str, size: int | None = None) -> Ticket:
+    def finish(
+        self, digest: Digest | str, size: int | None = None, *, origin: Origin | None = None
+    ) -> Ticket:
         """Freeze the upload and enqueue its verification; returns at once.
 
         Malformed or unsupported digests and a wrong ``size`` are rejected here,
-        before any work is queued. The handle is closed afterwards.
+        before any work is queued. The handle is closed afterwards. ``origin``: the
+        request finishing it, named in the blob's push event.
         """
         self._check_open_handle()
         claimed = as_digest(digest)
         # A handle used for one request may trust the record it read when it opened.
         known = self.known_record if self._immediate else None
         self.close()
-        return self._ingest._finish(self.info, claimed, size, known=known)
+        return self._ingest._finish(self.info, claimed, size, known=known, origin=origin)
 
     def cancel(self) -> None:
         """Discard the upload and its staged bytes."""
@@ -210,12 +213,19 @@ class Ingest:
         return up
 
     def finish(
-        self, repository: str, upload_id: str, digest: Digest | str, size: int | None = None
+        self,
+        repository: str,
+        upload_id: str,
+        digest: Digest | str,
+        size: int | None = None,
+        *,
+        origin: Origin | None = None,
     ) -> Ticket:
         """Finish an upload by id (as a frontend does per request): like
         ``Upload.finish``, and also allowed again after a failed verification."""
         claimed = as_digest(digest)
-        return self._finish(self.staging.info(upload_id, repository), claimed, size)
+        info = self.staging.info(upload_id, repository)
+        return self._finish(info, claimed, size, origin=origin)
 
     def offset(self, repository: str, upload_id: str) -> int:
         """Bytes staged so far in an upload of ``repository`` that is not committed
@@ -232,6 +242,7 @@ class Ingest:
         size: int | None,
         *,
         known: UploadRecord | None = None,
+        origin: Origin | None = None,
     ) -> Ticket:
         """``known``: the record the caller's handle just saw open, which saves
         re-reading it (an open upload has no result yet)."""
@@ -239,7 +250,7 @@ class Ingest:
         if size is not None and size < 0:
             raise SizeInvalid("size must not be negative", {"size": size})
         if known is not None and known.state is UploadState.OPEN:
-            return self._finish_open(info, known, claimed, size)
+            return self._finish_open(info, known, claimed, size, origin)
         done = self.staging.result(upload_id)
         if done is not None:
             if done.get("digest") != str(claimed):
@@ -259,7 +270,7 @@ class Ingest:
                 {"upload_id": upload_id, "state": record.state.value},
             )
         # Open, failed, or an attempt that is over without an outcome: a new attempt.
-        return self._finish_open(info, record, claimed, size)
+        return self._finish_open(info, record, claimed, size, origin)
 
     def _is_over(self, upload_id: str, record: UploadRecord) -> bool:
         """Whether the current attempt provably ended without recording an outcome:
@@ -271,7 +282,12 @@ class Ingest:
         )
 
     def _finish_open(
-        self, info: UploadInfo, record: UploadRecord, claimed: Digest, size: int | None
+        self,
+        info: UploadInfo,
+        record: UploadRecord,
+        claimed: Digest,
+        size: int | None,
+        origin: Origin | None = None,
     ) -> Ticket:
         upload_id = info.id
         if size is not None and size != (staged := self.staging.size(upload_id)):
@@ -297,7 +313,7 @@ class Ingest:
             raise SizeInvalid(
                 "blob exceeds the maximum size", {"limit": self.settings.max_blob_size}
             )
-        return self._enqueue(info, record, claimed, size, staged)
+        return self._enqueue(info, record, claimed, size, staged, origin)
 
     def _freeze(self, upload_id: str, record: UploadRecord) -> int:
         """Seal the staged data; its size. Data an earlier attempt already moved into
@@ -311,7 +327,13 @@ class Ingest:
             return record.size
 
     def _enqueue(
-        self, info: UploadInfo, record: UploadRecord, claimed: Digest, size: int | None, staged: int
+        self,
+        info: UploadInfo,
+        record: UploadRecord,
+        claimed: Digest,
+        size: int | None,
+        staged: int,
+        origin: Origin | None = None,
     ) -> Ticket:
         upload_id = info.id
         task_id = str(uuid.uuid4())
@@ -333,6 +355,7 @@ class Ingest:
             # A verification of this very claim stays valid: the bytes are sealed, and
             # an earlier attempt may have moved them into the blob store already.
             verified=record.verified if record.claimed_digest == str(claimed) else None,
+            origin=origin.to_dict() if origin is not None and self.notifier.enabled else None,
         )
         try:
             self.queue.enqueue_verify(

@@ -358,6 +358,16 @@ class Origin:
     def actor_record(self) -> dict[str, str]:
         return {"name": self.actor[:_MAX_FIELD]} if self.actor else {}
 
+    def to_dict(self) -> dict[str, str]:
+        """JSON-safe, for an upload's record: a blob's push event is emitted by the
+        worker that commits it, long after the finishing request."""
+        return {f.name: str(getattr(self, f.name))[:_MAX_FIELD] for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Origin:
+        """The inverse of :meth:`to_dict`; unknown keys are ignored."""
+        return cls(**{f.name: str(d[f.name]) for f in fields(cls) if f.name in d})
+
 
 def _timestamp(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -684,13 +694,16 @@ class Notifier:
 
     # -- what happened -------------------------------------------------------------
 
-    def blob_committed(self, result: Mapping[str, Any]) -> None:
-        """A verification committed a blob (``result``: the committed result)."""
+    def blob_committed(self, result: Mapping[str, Any], origin: Origin | None = None) -> None:
+        """A verification committed a blob (``result``: the committed result;
+        ``origin``: the request that finished the upload, if it was recorded)."""
         if not self.endpoints:
             return
         try:
             repository, digest, size = result["repository"], result["digest"], result["size"]
-            request = Origin(request_id=str(result.get("task_id") or ""))
+            # request.id names the verification that committed (its task id: what
+            # Flower and the upload's result show); the rest is the finishing request.
+            request = replace(origin or Origin(), request_id=str(result.get("task_id") or ""))
             self.emit("push", self._blob(repository, digest, size, request), request)
         except (KeyError, TypeError):
             log.warning("no push event: the committed result lacks a field", exc_info=True)
@@ -760,17 +773,7 @@ class Notifier:
     def _blob(
         self, repository: str, digest: str, size: int, origin: Origin | None
     ) -> dict[str, Any]:
-        target: dict[str, Any] = {
-            "mediaType": BLOB_MEDIA_TYPE,
-            "digest": digest,
-            "size": size,
-            "length": size,
-            "repository": repository,
-        }
-        url = self._url(origin, f"/v2/{repository}/blobs/{digest}")
-        if url:
-            target["url"] = url
-        return target
+        return self._target(BLOB_MEDIA_TYPE, repository, "blobs", digest, size, origin)
 
     def _manifest(
         self,
@@ -781,6 +784,21 @@ class Notifier:
         size: int,
         origin: Origin | None,
     ) -> dict[str, Any]:
+        target = self._target(media_type, repository, "manifests", digest, size, origin)
+        if ":" not in reference:
+            target["tag"] = reference
+        return target
+
+    def _target(
+        self,
+        media_type: str,
+        repository: str,
+        kind: str,
+        digest: str,
+        size: int,
+        origin: Origin | None,
+    ) -> dict[str, Any]:
+        """Distribution's ``target`` record (``length`` repeats ``size``, as it does)."""
         target: dict[str, Any] = {
             "mediaType": media_type,
             "digest": digest,
@@ -788,11 +806,9 @@ class Notifier:
             "length": size,
             "repository": repository,
         }
-        url = self._url(origin, f"/v2/{repository}/manifests/{digest}")
+        url = self._url(origin, f"/v2/{repository}/{kind}/{digest}")
         if url:
             target["url"] = url
-        if ":" not in reference:
-            target["tag"] = reference
         return target
 
     # -- storing and kicking ------------------------------------------------------

@@ -120,6 +120,9 @@ class UploadRecord:
     error: dict[str, Any] | None = None
     verified: Verification | None = None  # once the bytes matched the claim
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The finishing request (``ingest.notify.Origin.to_dict``), kept only when
+    #: notifications are on: the worker's push event names who pushed.
+    origin: dict[str, str] | None = None
 
     def to_json(self) -> bytes:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

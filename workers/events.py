@@ -8,6 +8,7 @@ neither imports the other.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,9 +17,11 @@ from celery import Celery
 
 from ingest import backends
 from ingest.config import Settings
-from ingest.notify import MEDIA_TYPE, DeliveryFailed, Endpoint, Notifier
+from ingest.errors import IngestError
+from ingest.notify import MEDIA_TYPE, DeliveryFailed, Endpoint, Notifier, Origin
 from ingest.queue import QUEUE_MAINTENANCE, TASK_NOTIFY
-from ingest.storage.base import StorageDriver
+from ingest.storage.base import StorageDriver, StorageError
+from ingest.uploads import Staging
 
 __all__ = ["committed", "notifier", "post"]
 
@@ -64,7 +67,11 @@ def committed(
         return
     if result.get("task_id") != task_id:
         return
-    notifier(settings, driver, app).blob_committed(result)
+    who: Origin | None = None
+    with contextlib.suppress(IngestError, StorageError, ValueError, TypeError):
+        recorded = Staging(driver).state(str(result.get("upload_id"))).origin
+        who = Origin.from_dict(recorded) if recorded else None
+    notifier(settings, driver, app).blob_committed(result, who)
 
 
 def post(endpoint: Endpoint, body: bytes) -> None:

@@ -117,6 +117,7 @@ def _append_small(
     body: bytes,
     crange: str | None,
     finish: Digest | None = None,
+    who: Origin | None = None,
 ) -> int | Ticket:
     """Open, check the range, append, then close (the new offset) or finish (the
     ticket): one thread hop for the whole request."""
@@ -127,7 +128,7 @@ def _append_small(
         if body:
             up.write(body)
         if finish is not None:
-            return up.finish(finish)
+            return up.finish(finish, origin=who)
         return up.offset
     finally:
         up.close()
@@ -184,8 +185,12 @@ async def _append(
         if not body and finish is not None:
             # A closing PUT without a chunk: a finish by id, which also takes a
             # repeated finish, or one after a failed verification.
-            return await run_in_threadpool(ing.finish, name, upload_id, finish)
-        return await run_in_threadpool(_append_small, ing, name, upload_id, body, crange, finish)
+            return await run_in_threadpool(
+                lambda: ing.finish(name, upload_id, finish, origin=origin(request))
+            )
+        return await run_in_threadpool(
+            _append_small, ing, name, upload_id, body, crange, finish, origin(request)
+        )
     up = await run_in_threadpool(_open_upload, ing, name, upload_id)
     if crange is not None:
         try:
@@ -195,7 +200,8 @@ async def _append(
             raise
     await _stream_body(request, up)
     if finish is not None:
-        return await run_in_threadpool(ing.finish, name, upload_id, finish)
+        who = origin(request)
+        return await run_in_threadpool(lambda: ing.finish(name, upload_id, finish, origin=who))
     return await run_in_threadpool(ing.offset, name, upload_id)
 
 

@@ -156,6 +156,11 @@ def _check_push_sequence(events: list[dict[str, Any]], image: dict[str, Any]) ->
         assert e["target"]["repository"] == REPO
         assert e["target"]["length"] == e["target"]["size"]
         assert e["target"]["mediaType"] == "application/octet-stream"
+        # Emitted by the worker, yet naming the request that finished the upload.
+        assert e["request"]["method"] == "PUT"
+        assert e["request"]["useragent"].startswith("skopeo/")
+        assert e["request"]["addr"].startswith("127.0.0.1:")
+        assert e["target"]["url"].endswith(f"/v2/{REPO}/blobs/{e['target']['digest']}")
     target = manifest_event["target"]
     assert target["digest"] == sha256(image["manifest"])
     assert target["size"] == len(image["manifest"])

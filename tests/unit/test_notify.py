@@ -707,3 +707,47 @@ def test_the_sender_posts_the_envelope_with_the_headers_and_reports_failures(
     with pytest.raises(DeliveryFailed, match="ConnectError") as info:
         post(replace(ep, url=f"http://127.0.0.1:{free_port()}/"), envelope([]))
     assert "do-not-print-me" not in str(info.value)
+
+
+def test_a_blob_push_names_the_request_that_finished_the_upload() -> None:
+    # The push event is emitted by the worker that commits, long after the request:
+    # the finishing request is kept in the upload's record for it.
+    driver = MemoryDriver()
+    queue = RecordingQueue(driver)
+    ing = Ingest(driver, queue, notifier=Notifier(driver, [endpoint()]))
+    up = ing.start_upload("library/app")
+    up.write(b"layer")
+    who = Origin(
+        request_id="req-1",
+        addr="10.1.2.3:5555",
+        host="registry.example",
+        method="PUT",
+        useragent="skopeo/1.16",
+        actor="alice",
+        base_url="https://registry.example",
+    )
+    ticket = ing.finish("library/app", up.id, DIGEST, origin=who)
+    recorded = ing.staging.state(up.id).origin
+    assert recorded is not None
+    assert Origin.from_dict(recorded) == who
+    result = ticket.wait()
+    ing.notifier.blob_committed(result, Origin.from_dict(recorded))
+    (event,) = _stored(driver)
+    assert event["request"] == {
+        "id": ticket.task_id,  # the verification's, as for a push without an origin
+        "addr": "10.1.2.3:5555",
+        "host": "registry.example",
+        "method": "PUT",
+        "useragent": "skopeo/1.16",
+    }
+    assert event["actor"] == {"name": "alice"}
+    assert event["target"]["url"] == f"https://registry.example/v2/library/app/blobs/{DIGEST}"
+
+
+def test_without_endpoints_no_request_is_kept_in_the_upload_record() -> None:
+    driver = MemoryDriver()
+    ing = Ingest(driver, RecordingQueue(driver))
+    up = ing.start_upload("library/app")
+    up.write(b"layer")
+    ing.finish("library/app", up.id, DIGEST, origin=Origin(addr="10.1.2.3:1"))
+    assert ing.staging.state(up.id).origin is None
