@@ -62,8 +62,11 @@ attempt landed gets 412 too, so it answers False for an object it created (the
 contract allows it).
 
 Requires conditional writes (``If-Match``/``If-None-Match`` on ``PutObject`` and
-``If-Match`` on ``DeleteObject``): AWS S3 since 2024, MinIO, and the moto server the
-tests run against.
+``If-Match`` on ``DeleteObject``): AWS S3 since 2024, MinIO, and the two servers the
+tests run against, moto and SeaweedFS (4.48). SeaweedFS answers a conditional
+``PutObject``/``DeleteObject`` on a missing key with 412 where AWS answers 404: a
+manifest swap or delete takes either as "changed or gone", and where the two differ
+(deleting a plain object that ``move`` or ``writer`` has just copied) a HEAD tells.
 """
 
 from __future__ import annotations
@@ -562,6 +565,20 @@ class S3Driver:
                 raise _Lost() from exc
             raise
 
+    def _delete_if_match(self, key: str, path: str, etag: str) -> None:
+        """Delete ``key`` if its ETag is still ``etag``: PathNotFound if it is gone,
+        StorageUnavailable (PreconditionFailed) if it changed."""
+        try:
+            with _mapped(path):
+                self._client.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
+        except StorageUnavailable as exc:
+            # AWS S3 and moto answer a conditional delete of a missing key with 404;
+            # SeaweedFS with 412, as for a changed one. Only a HEAD tells the two apart
+            # (one more request, and only when a delete raced another change).
+            if exc.detail.get("code") in _CONFLICT and self._head(key, path) is None:
+                raise PathNotFound(path, "not found") from exc
+            raise
+
     def _moved_sealed(self, oid: str) -> bool:
         return self._head(self._segment_key(oid, _MOVED_SEALED), oid) is not None
 
@@ -721,10 +738,8 @@ class S3Driver:
                 self._delete_prefix(self._segments_prefix(oid))
                 continue  # sealed, replaced or created meanwhile: look again
             if head is not None:
-                with contextlib.suppress(StorageError), _mapped(path):
-                    self._client.delete_object(
-                        Bucket=self.bucket, Key=self._file_key(path), IfMatch=str(head["ETag"])
-                    )
+                with contextlib.suppress(StorageError):
+                    self._delete_if_match(self._file_key(path), path, str(head["ETag"]))
             if found is not None:
                 self._delete_prefix(self._segments_prefix(found[0].id))
             return _S3Writer(self, path, new, etag)
@@ -858,10 +873,8 @@ class S3Driver:
                 self._compose(source, snap.pieces, snap.size, dest_key, meta)
             # The plain object at dest wins already (a manifest there is shadowed).
             if snap.manifest is None:
-                with contextlib.suppress(PathNotFound), _mapped(source):
-                    self._client.delete_object(
-                        Bucket=self.bucket, Key=snap.pieces[0].key, IfMatch=snap.etag
-                    )
+                with contextlib.suppress(PathNotFound):
+                    self._delete_if_match(snap.pieces[0].key, source, snap.etag)
                 # A manifest the plain source shadowed would show through now.
                 self._drop_manifest(source)
                 return

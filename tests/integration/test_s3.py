@@ -1,5 +1,5 @@
 """The pipeline on the S3 driver: real Redis, real celery workers, a real S3 server
-(moto_server on loopback), and a two-host simulation.
+(moto_server and SeaweedFS on loopback), and a two-host simulation.
 
 The two "hosts" are two frontends and two workers, each with its own directory (its
 ``INGEST_STORAGE_ROOT``, which must stay empty, and its logs), sharing nothing but
@@ -23,10 +23,10 @@ from devtools.localredis import free_port
 from ingest.errors import DigestInvalid
 from ingest.storage.s3 import S3Driver
 from tests.integration.conftest import Stack
-from tests.support.s3fixtures import s3_server
-from tests.support.s3server import MotoServer
+from tests.support.s3fixtures import moto_s3_server, s3_server, seaweedfs_s3_server
+from tests.support.s3server import S3Server
 
-__all__ = ["s3_server"]
+__all__ = ["moto_s3_server", "s3_server", "seaweedfs_s3_server"]
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +38,13 @@ def sha256(data: bytes) -> str:
 
 
 @pytest.fixture
-def s3_env(s3_server: MotoServer) -> dict[str, str]:
+def s3_env(s3_server: S3Server) -> dict[str, str]:
     """Settings for a fresh bucket of this test's own."""
     bucket = s3_server.create_bucket(f"it-{os.getpid()}-{next(_buckets)}")
     return s3_server.env(bucket, prefix="registry")
 
 
-def _bucket_driver(s3_server: MotoServer, env: dict[str, str]) -> S3Driver:
+def _bucket_driver(s3_server: S3Server, env: dict[str, str]) -> S3Driver:
     return S3Driver(s3_server.client(), env["INGEST_S3_BUCKET"], env["INGEST_S3_PREFIX"])
 
 
@@ -53,7 +53,7 @@ def _files(root: Path) -> list[str]:
 
 
 def test_uploads_commit_through_a_real_worker_on_s3(
-    redis_url: str, tmp_path: Path, s3_server: MotoServer, s3_env: dict[str, str]
+    redis_url: str, tmp_path: Path, s3_server: S3Server, s3_env: dict[str, str]
 ) -> None:
     stack = Stack(redis_url, tmp_path, **s3_env)
     try:
@@ -92,7 +92,7 @@ def test_uploads_commit_through_a_real_worker_on_s3(
 
 
 def test_two_hosts_share_nothing_but_redis_and_the_bucket(
-    redis_url: str, tmp_path: Path, s3_server: MotoServer, s3_env: dict[str, str]
+    redis_url: str, tmp_path: Path, s3_server: S3Server, s3_env: dict[str, str]
 ) -> None:
     # One Stack only for its isolated Redis database (flushed); each host below has its
     # own directory and storage root.

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from ingest.storage.base import StorageDriver
-from tests.support.s3fixtures import new_s3_driver, s3_server
-from tests.support.s3server import MotoServer
+from tests.support.s3fixtures import moto_s3_server, new_s3_driver, s3_server, seaweedfs_s3_server
+from tests.support.s3server import S3Server
 from tests.unit.test_integrity import (
     test_a_handle_that_read_open_before_finish_but_writes_first_after_it_is_refused,
     test_a_late_write_after_a_rejection_cannot_turn_the_retry_into_a_commit_of_new_bytes,
@@ -23,7 +23,9 @@ from tests.unit.test_integrity import (
 )
 
 __all__ = [
+    "moto_s3_server",
     "s3_server",
+    "seaweedfs_s3_server",
     "test_a_handle_that_read_open_before_finish_but_writes_first_after_it_is_refused",
     "test_a_late_write_after_a_rejection_cannot_turn_the_retry_into_a_commit_of_new_bytes",
     "test_a_rerun_that_trusts_the_recorded_verification_still_commits_only_the_frozen_bytes",
@@ -36,5 +38,5 @@ __all__ = [
 
 
 @pytest.fixture
-def driver(s3_server: MotoServer) -> StorageDriver:
+def driver(s3_server: S3Server) -> StorageDriver:
     return new_s3_driver(s3_server)

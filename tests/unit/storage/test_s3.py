@@ -18,23 +18,31 @@ from ingest.config import ConfigError, Settings
 from ingest.errors import StorageUnavailable
 from ingest.storage.base import InvalidOffset, ObjectSealed, PathNotFound, StorageDriver
 from ingest.storage.s3 import MIN_PART_SIZE, S3Driver
-from tests.support.s3fixtures import BUCKET, new_s3_driver, s3_server
-from tests.support.s3server import MotoServer
+from tests.support.s3fixtures import (
+    BUCKET,
+    MOTO_IGNORES_COPY_SOURCE_IF_MATCH,
+    moto_s3_server,
+    new_s3_driver,
+    s3_server,
+    seaweedfs_s3_server,
+    xfail_on,
+)
+from tests.support.s3server import S3Server
 from tests.unit.storage.contract import StorageDriverContract
 
-__all__ = ["s3_server"]  # the fixture, imported for pytest
+__all__ = ["moto_s3_server", "s3_server", "seaweedfs_s3_server"]  # fixtures, for pytest
 
 _driver = new_s3_driver
 
 
 @pytest.fixture
-def s3(s3_server: MotoServer) -> S3Driver:
+def s3(s3_server: S3Server) -> S3Driver:
     return _driver(s3_server)
 
 
 class TestS3Driver(StorageDriverContract):
     @pytest.fixture
-    def driver(self, s3_server: MotoServer) -> StorageDriver:
+    def driver(self, s3_server: S3Server) -> StorageDriver:
         return _driver(s3_server)
 
 
@@ -49,7 +57,7 @@ def _open_uploads(d: S3Driver) -> list[str]:
 
 
 def test_settings_build_a_driver_on_the_configured_bucket_and_prefix(
-    s3_server: MotoServer,
+    s3_server: S3Server,
 ) -> None:
     settings = Settings.from_env(s3_server.env(BUCKET, prefix="/from-settings/"))
     d = S3Driver.from_settings(settings)
@@ -69,7 +77,7 @@ def test_settings_without_a_bucket_or_with_half_the_credentials_are_refused() ->
         S3Driver.from_settings(Settings.from_env(half))
 
 
-def test_a_part_size_below_the_s3_minimum_is_refused(s3_server: MotoServer) -> None:
+def test_a_part_size_below_the_s3_minimum_is_refused(s3_server: S3Server) -> None:
     with pytest.raises(ValueError, match="minimum"):
         S3Driver(s3_server.client(), BUCKET, part_size=MIN_PART_SIZE - 1)
     small = Settings.from_env({**s3_server.env(BUCKET), "INGEST_S3_PART_SIZE": "4MiB"})
@@ -77,7 +85,7 @@ def test_a_part_size_below_the_s3_minimum_is_refused(s3_server: MotoServer) -> N
         S3Driver.from_settings(small)
 
 
-def test_an_unreachable_server_is_storage_unavailable(s3_server: MotoServer) -> None:
+def test_an_unreachable_server_is_storage_unavailable(s3_server: S3Server) -> None:
     settings = Settings.from_env(
         {**s3_server.env(BUCKET), "INGEST_S3_ENDPOINT": "http://127.0.0.1:9"}
     )
@@ -88,7 +96,7 @@ def test_an_unreachable_server_is_storage_unavailable(s3_server: MotoServer) -> 
 
 
 def test_a_missing_bucket_is_storage_unavailable_not_path_not_found(
-    s3_server: MotoServer,
+    s3_server: S3Server,
 ) -> None:
     d = S3Driver(s3_server.client(), "no-such-bucket-here")
     with pytest.raises(StorageUnavailable) as info:
@@ -111,7 +119,7 @@ def test_staged_writes_are_readable_while_the_object_grows(s3: S3Driver) -> None
 
 
 def test_a_writer_on_another_client_resumes_where_the_first_stopped(
-    s3_server: MotoServer,
+    s3_server: S3Server,
 ) -> None:
     # Two hosts: two clients, nothing shared but the bucket.
     a = _driver(s3_server)
@@ -154,7 +162,7 @@ def test_a_move_composes_large_segments_server_side_and_small_ones_through_a_buf
 
 
 def test_a_reader_pages_through_a_large_object_in_bounded_ranged_gets(
-    s3_server: MotoServer,
+    s3_server: S3Server,
 ) -> None:
     d = new_s3_driver(s3_server, read_window=64 << 10)
     data = os.urandom(300_000)
@@ -171,7 +179,7 @@ def test_a_reader_pages_through_a_large_object_in_bounded_ranged_gets(
 
 
 def test_a_reader_of_an_object_replaced_mid_read_fails_instead_of_mixing_bytes(
-    s3_server: MotoServer,
+    s3_server: S3Server,
 ) -> None:
     d = new_s3_driver(s3_server, read_window=64 << 10)
     d.put_content("/r/data", b"a" * 200_000)
@@ -358,3 +366,117 @@ def test_a_plain_object_put_over_a_staged_one_shadows_it_until_move_or_purge(
     s3.delete("/q")
     s3.delete("/s")
     assert _bucket_keys(s3) == []
+
+
+def _delete_after_copy(s3: S3Driver, path: str) -> None:
+    """Make the next ``copy_object`` of ``s3`` delete ``path``'s plain object once the
+    copy has landed: another client's delete racing the driver's own."""
+    real_copy = s3._client.copy_object
+
+    def copy_then_delete(**kwargs: object) -> object:
+        out = real_copy(**kwargs)  # type: ignore[arg-type]
+        del s3._client.copy_object
+        s3._client.delete_object(Bucket=s3.bucket, Key=s3._file_key(path))
+        return out
+
+    s3._client.copy_object = copy_then_delete  # type: ignore[method-assign,assignment]
+
+
+def test_a_move_whose_plain_source_is_deleted_after_the_copy_completes(s3: S3Driver) -> None:
+    # The conditional delete of the source then finds no object: AWS and moto answer
+    # 404, SeaweedFS 412 (as for a changed source). Either way the move is done.
+    s3.put_content("/a/data", b"plain")
+    _delete_after_copy(s3, "/a/data")
+    s3.move("/a/data", "/b/data")
+    assert s3.get_content("/b/data") == b"plain"
+    with pytest.raises(PathNotFound):
+        s3.stat("/a/data")
+    s3.delete("/b")
+    assert _bucket_keys(s3) == []
+
+
+def test_a_move_whose_plain_source_is_replaced_after_the_copy_is_refused(s3: S3Driver) -> None:
+    # The other side of the same 412: the source is still there, with new bytes, which
+    # the move must neither delete nor claim to have moved.
+    s3.put_content("/a/data", b"old")
+    real_copy = s3._client.copy_object
+
+    def copy_then_replace(**kwargs: object) -> object:
+        out = real_copy(**kwargs)  # type: ignore[arg-type]
+        del s3._client.copy_object
+        s3.put_content("/a/data", b"new")
+        return out
+
+    s3._client.copy_object = copy_then_replace  # type: ignore[method-assign,assignment]
+    with pytest.raises(StorageUnavailable) as info:
+        s3.move("/a/data", "/b/data")
+    assert info.value.detail["code"] == "PreconditionFailed"
+    assert s3.get_content("/a/data") == b"new"
+    s3.delete("/a")
+    s3.delete("/b")
+
+
+def test_appending_to_a_plain_object_deleted_once_its_bytes_are_copied_keeps_them(
+    s3: S3Driver,
+) -> None:
+    # writer(append=True) copies the plain object into a first segment, swaps in the
+    # manifest, then deletes the plain object if unchanged: found gone (404 or, on
+    # SeaweedFS, 412), the writer carries on with the bytes it copied.
+    s3.put_content("/a/data", b"plain")
+    _delete_after_copy(s3, "/a/data")
+    w = s3.writer("/a/data", append=True)
+    assert w.size == 5
+    w.write(b"+more")
+    w.close()
+    assert s3.get_content("/a/data") == b"plain+more"
+    s3.delete("/a")
+
+
+def _replace_before_copy(s3: S3Driver, path: str, content: bytes) -> None:
+    """Make the next ``copy_object`` of ``s3`` find ``path`` replaced by ``content``
+    (another client's put between the driver's HEAD and its copy)."""
+    real_copy = s3._client.copy_object
+
+    def replace_then_copy(**kwargs: object) -> object:
+        del s3._client.copy_object
+        s3.put_content(path, content)
+        return real_copy(**kwargs)  # type: ignore[arg-type]
+
+    s3._client.copy_object = replace_then_copy  # type: ignore[method-assign,assignment]
+
+
+def test_a_move_copies_only_the_version_it_looked_at(
+    s3_server: S3Server, request: pytest.FixtureRequest
+) -> None:
+    # CopySourceIfMatch pins the copy to the snapshot's ETag: a source replaced in
+    # between is not moved (its new bytes were never looked at), and nothing lands.
+    xfail_on(request, s3_server, "moto", MOTO_IGNORES_COPY_SOURCE_IF_MATCH)
+    s3 = _driver(s3_server)
+    s3.put_content("/a/data", b"old")
+    _replace_before_copy(s3, "/a/data", b"new!")
+    with pytest.raises(StorageUnavailable) as info:
+        s3.move("/a/data", "/b/data")
+    assert info.value.detail["code"] == "PreconditionFailed"
+    assert s3.get_content("/a/data") == b"new!"
+    with pytest.raises(PathNotFound):
+        s3.stat("/b/data")
+    s3.delete("/a")
+
+
+def test_the_seal_of_a_plain_object_never_covers_bytes_it_did_not_size(
+    s3_server: S3Server, request: pytest.FixtureRequest
+) -> None:
+    # seal() answers the size it read; the copy that sets the flag is pinned to that
+    # version, so a replacement in between is refused rather than sealed unseen.
+    xfail_on(request, s3_server, "moto", MOTO_IGNORES_COPY_SOURCE_IF_MATCH)
+    s3 = _driver(s3_server)
+    s3.put_content("/a/data", b"old")
+    _replace_before_copy(s3, "/a/data", b"longer and new")
+    with pytest.raises(StorageUnavailable) as info:
+        s3.seal("/a/data")
+    assert info.value.detail["code"] == "PreconditionFailed"
+    w = s3.writer("/a/data", append=True)  # not sealed
+    w.write(b"!")
+    w.close()
+    assert s3.get_content("/a/data") == b"longer and new!"
+    s3.delete("/a")
