@@ -1,21 +1,51 @@
 # verified-ingest: one image for every role (frontend, worker, beat, flower);
 # docker-compose.yml picks the role with `command`.
-FROM python:3.11-slim
+#
+# Reproducible: an exact base image tag, and every Python package from the lock files
+# in requirements/ (pinned, hash-checked, wheels only; `bash scripts/lock.sh`
+# regenerates them). To pin the base by digest as well, append the one
+# `docker buildx imagetools inspect python:3.11.17-slim-bookworm` prints:
+# --build-arg PYTHON_IMAGE=python:3.11.17-slim-bookworm@sha256:<digest>.
+ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    INGEST_STORAGE_ROOT=/var/lib/ingest/storage
-
+# Stage 1: the project's wheel, built by the pinned backend (requirements/build.txt)
+# with nothing unpinned fetched (--no-build-isolation).
+FROM ${PYTHON_IMAGE} AS wheel
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+COPY requirements/build.txt ./requirements/
+RUN pip install --require-hashes --only-binary :all: -r requirements/build.txt
 # Only what the wheel is built from (see .dockerignore): no tests, no venv.
 COPY pyproject.toml README.md ./
 COPY ingest ./ingest
 COPY workers ./workers
-# Flower, uvicorn and the rest are runtime dependencies of the project.
-RUN pip install . \
-    && rm -rf /src
+# The commit ingest_build_info reports (docs/operations.md, "Metrics and logs"):
+# docker build --build-arg GIT_COMMIT=$(git rev-parse HEAD) .
+ARG GIT_COMMIT=""
+RUN if [ -n "$GIT_COMMIT" ]; then printf '%s\n' "$GIT_COMMIT" > ingest/BUILD_COMMIT; fi
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
+
+# Stage 2: the image.
+FROM ${PYTHON_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    INGEST_STORAGE_ROOT=/var/lib/ingest/storage
+
+# Flower, uvicorn and the rest are runtime dependencies of the project: exactly the
+# runtime lock (no dev tools), installed before the code so that a code change
+# reuses this layer. Then the project's wheel alone (its dependencies are all there).
+COPY requirements/runtime.txt /tmp/runtime.txt
+RUN pip install --require-hashes --only-binary :all: -r /tmp/runtime.txt \
+    && rm /tmp/runtime.txt
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --no-deps --no-index /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels
 
 # Non-root. The storage directory exists in the image, owned by that user, so a
 # named volume mounted there is created with the same ownership.

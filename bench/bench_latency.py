@@ -1,11 +1,11 @@
 """Finish-to-committed latency of small blobs with a warm worker, vs the Go registry.
 
     .venv/bin/python bench/bench_latency.py [--count 500] [--block 100] [--size-kib 64]
-        [--worker-concurrency 2] [--tmpdir /tmp]
+        [--worker-concurrency 2] [--tmpdir /tmp] [--go-config bench/peers/go-registry.yml]
 
 Starts the same servers as ``bench_push.py`` (a private Redis, one ``ingest serve``
-frontend, one Celery worker; Debian's ``docker-registry`` with
-``/work/shared/anchors/go-registry.yml``), all on loopback, then pushes ``--count``
+frontend, one Celery worker; Debian's ``docker-registry`` with ``--go-config``,
+default ``bench/peers/go-registry.yml``), all on loopback, then pushes ``--count``
 distinct blobs *sequentially* per series, in blocks of ``--block`` that alternate
 between the series (the order rotates every block round):
 
@@ -49,6 +49,7 @@ from bench_push import (
     OursServer,
     Server,
     _on_sigterm,
+    add_peer_config_options,
     server_cpu,
 )
 from httpclient import Connection, Response, upload_target
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--no-extras", action="store_true", help="only ours/Go HTTP and ours API")
     p.add_argument("--tmpdir", default="/tmp")
+    add_peer_config_options(p)
     args = p.parse_args(argv)
     if args.count < 1 or args.block < 1:
         p.error("--count and --block must be ≥ 1")
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             worker_pool="prefork",
         )
         servers.append(ours)
-        go = GoServer(tmp / "go")
+        go = GoServer(tmp / "go", args.go_config)
         servers.append(go)
         try:
             ours.start()

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_push.py [--rounds 3] [--workloads mono-1g small-64k ...]
         [--peers v3,2.8] [--v3-bin /tmp/anchors-scratch/bin/registry-v3]
+        [--go-config bench/peers/go-registry.yml] [--v3-config bench/peers/go-registry-v3.yml]
         [--scale 1.0] [--frontends 1] [--worker-concurrency 2] [--worker-pool prefork]
         [--worker-procs 1] [--tmpdir /tmp] [--profile DIR] [--drop-caches]
 
@@ -12,15 +13,17 @@ Starts, on 127.0.0.1 free ports in a temporary directory, and tears down at the 
   open, like the Go peers) and ``--worker-procs`` Celery workers (devtools.devstack)
   with ``--worker-concurrency`` pool slots each;
 * peer ``v3``: distribution v3 (``cmd/registry``, built from a snapshot of
-  distribution/distribution by ``/work/shared/anchors/build_registry_v3.sh``, binary
-  ``--v3-bin``) serving a copy of ``/work/shared/anchors/go-registry-v3.yml`` with
-  its storage root and address rewritten, OpenTelemetry exporters off;
+  distribution/distribution by ``bench/peers/build_registry_v3.sh``, binary
+  ``--v3-bin`` or ``$BENCH_V3_BIN``) serving a copy of ``--v3-config``
+  (``$BENCH_V3_CONFIG``, default ``bench/peers/go-registry-v3.yml``) with its storage
+  root and address rewritten, OpenTelemetry exporters off;
 * peer ``2.8``: Debian's ``docker-registry serve`` (distribution 2.8.x) with
-  ``/work/shared/anchors/go-registry.yml``.
+  ``--go-config`` (``$BENCH_GO_CONFIG``, default ``bench/peers/go-registry.yml``).
 
 ``--peers`` picks the peers (comma-separated); by default both, and a peer whose
-binary is missing is skipped with a note (on stderr at the start and again under
-the tables). A peer named in ``--peers`` that is missing is an error (exit 2).
+binary or config file is missing is skipped with a note (on stderr at the start and
+again under the tables). A peer named in ``--peers`` that is missing is an error
+(exit 2) that names what is missing.
 
 Workloads (``--scale`` multiplies the counts of the many-blob workloads and the
 size of the single-blob ones):
@@ -86,11 +89,13 @@ SLICE = MIB  # request bodies are streamed in slices of this size
 PREFIX = 32  # unique bytes at the start of every blob
 BASE_SIZE = 64 * MIB  # the shared random content after the prefix
 SMALL_BODY = 256 * KIB  # bodies up to this size are built in one piece
-GO_CONFIG = Path("/work/shared/anchors/go-registry.yml")
+#: The peers' configs and build script, in this repository (bench/peers/README.md).
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+GO_CONFIG = Path(os.environ.get("BENCH_GO_CONFIG") or PEERS_DIR / "go-registry.yml")
 GO_BINARY = "docker-registry"
-GO_V3_CONFIG = Path("/work/shared/anchors/go-registry-v3.yml")
-GO_V3_BINARY = Path("/tmp/anchors-scratch/bin/registry-v3")
-GO_V3_BUILD = "bash /work/shared/anchors/build_registry_v3.sh GIT_DIR, see shared/anchors/README.md"
+GO_V3_CONFIG = Path(os.environ.get("BENCH_V3_CONFIG") or PEERS_DIR / "go-registry-v3.yml")
+GO_V3_BINARY = Path(os.environ.get("BENCH_V3_BIN") or "/tmp/anchors-scratch/bin/registry-v3")
+GO_V3_BUILD = "bash bench/peers/build_registry_v3.sh GIT_DIR, see bench/peers/README.md"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -416,6 +421,7 @@ class GoServer:
 
     name = "Go"
     what = GO_BINARY
+    config_option = ("--go-config", "BENCH_GO_CONFIG")
 
     def __init__(self, root: Path, config: Path = GO_CONFIG, *, name: str | None = None) -> None:
         self.root = root
@@ -441,8 +447,9 @@ class GoServer:
 
     def start(self) -> GoServer:
         binary = self.binary()
-        if not self.config.is_file():
-            raise RuntimeError(f"Go registry config {self.config} not found")
+        problem = config_problem(self.config, *self.config_option)
+        if problem is not None:
+            raise RuntimeError(f"{self.what}: {problem}")
         (self.root / "data").mkdir(parents=True, exist_ok=True)
         config, extra = self.prepare()
         with open(self.log, "ab") as log:
@@ -465,6 +472,13 @@ class GoServer:
         self.proc = None
 
 
+def config_problem(path: Path, option: str, variable: str) -> str | None:
+    """Why ``path`` cannot serve as a peer's config file, or None if it can."""
+    if not path.is_file():
+        return f"its config file {path} does not exist (choose one with {option} or ${variable})"
+    return None
+
+
 def v3_binary_problem(path: Path) -> str | None:
     """Why ``path`` cannot serve as the v3 registry binary, or None if it can."""
     if not path.is_file():
@@ -483,6 +497,7 @@ class GoV3Server(GoServer):
 
     name = "v3"
     what = "registry-v3"
+    config_option = ("--v3-config", "BENCH_V3_CONFIG")
 
     def __init__(
         self,
@@ -1014,9 +1029,15 @@ def finish_latency(
 PEERS = ("v3", "2.8")
 
 
-def choose_peers(spec: str | None, v3_bin: Path) -> tuple[list[str], list[str]]:
+def choose_peers(
+    spec: str | None,
+    v3_bin: Path,
+    go_config: Path = GO_CONFIG,
+    v3_config: Path = GO_V3_CONFIG,
+) -> tuple[list[str], list[str]]:
     """(peers to run, notes). ``spec`` None: every peer that is available, saying why
-    one is skipped; a peer asked for by name that is missing raises RuntimeError."""
+    one is skipped; a peer asked for by name that is missing (its binary or its config
+    file) raises RuntimeError."""
     if spec is None:
         wanted, explicit = list(PEERS), False
     else:
@@ -1029,10 +1050,12 @@ def choose_peers(spec: str | None, v3_bin: Path) -> tuple[list[str], list[str]]:
     notes: list[str] = []
     for name in wanted:
         if name == "v3":
-            problem = v3_binary_problem(v3_bin)
-            problem = None if problem is None else f"the v3 registry binary {problem}"
+            problem = config_problem(v3_config, "--v3-config", "BENCH_V3_CONFIG")
+            if problem is None:
+                problem = v3_binary_problem(v3_bin)
+                problem = None if problem is None else f"the v3 registry binary {problem}"
         else:
-            problem = (
+            problem = config_problem(go_config, "--go-config", "BENCH_GO_CONFIG") or (
                 None
                 if shutil.which(GO_BINARY)
                 else f"{GO_BINARY} (2.8) is not on PATH (apt-get install docker-registry)"
@@ -1046,6 +1069,33 @@ def choose_peers(spec: str | None, v3_bin: Path) -> tuple[list[str], list[str]]:
     if not peers:
         raise RuntimeError("no peer to measure against: " + "; ".join(notes))
     return peers, notes
+
+
+def add_peer_config_options(p: argparse.ArgumentParser, *, v3: bool = False) -> None:
+    """``--go-config`` (and with ``v3``, ``--v3-config``): the peers' config files."""
+    p.add_argument(
+        "--go-config",
+        type=Path,
+        default=GO_CONFIG,
+        metavar="FILE",
+        help=f"docker-registry's config (default $BENCH_GO_CONFIG or {_shown(GO_CONFIG)})",
+    )
+    if v3:
+        p.add_argument(
+            "--v3-config",
+            type=Path,
+            default=GO_V3_CONFIG,
+            metavar="FILE",
+            help="distribution v3's config, copied with its rootdirectory and addr "
+            f"rewritten (default $BENCH_V3_CONFIG or {_shown(GO_V3_CONFIG)})",
+        )
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -1103,13 +1153,14 @@ def main(argv: list[str] | None = None) -> int:
         "--v3-bin",
         type=Path,
         default=GO_V3_BINARY,
-        help=f"the distribution v3 registry binary (default {GO_V3_BINARY})",
+        help=f"the distribution v3 registry binary (default $BENCH_V3_BIN or {GO_V3_BINARY})",
     )
+    add_peer_config_options(p, v3=True)
     args = p.parse_args(argv)
     if args.rounds < 1 or args.scale <= 0:
         p.error("--rounds must be ≥ 1 and --scale > 0")
     try:
-        peer_names, notes = choose_peers(args.peers, args.v3_bin)
+        peer_names, notes = choose_peers(args.peers, args.v3_bin, args.go_config, args.v3_config)
     except ValueError as exc:
         p.error(str(exc))
     except RuntimeError as exc:
@@ -1140,9 +1191,9 @@ def main(argv: list[str] | None = None) -> int:
             peers: list[GoServer] = []
             for name in peer_names:
                 peer = (
-                    GoV3Server(tmp / "go-v3", args.v3_bin)
+                    GoV3Server(tmp / "go-v3", args.v3_bin, args.v3_config)
                     if name == "v3"
-                    else GoServer(tmp / "go-2.8", name="2.8")
+                    else GoServer(tmp / "go-2.8", args.go_config, name="2.8")
                 )
                 servers.append(peer)
                 peers.append(peer)

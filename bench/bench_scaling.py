@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_scaling.py [--rounds 3] [--configs 1x1 1x2 2x1 1x4]
         [--scale 1.0] [--big-count 4] [--big-mib 256] [--tmpdir /tmp]
+        [--go-config bench/peers/go-registry.yml]
 
 Starts one "ours" stack per topology (each: a private Redis, one ``ingest serve``
 frontend process, ``W`` Celery workers with ``-c C`` prefork pool slots; config
@@ -53,6 +54,7 @@ from bench_push import (
     Profiler,
     RunResult,
     _on_sigterm,
+    add_peer_config_options,
     run_one,
     server_cpu,
 )
@@ -298,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--big-mib", type=int, default=256)
     p.add_argument("--tmpdir", default="/tmp")
     p.add_argument("--timeout", type=float, default=600.0)
+    add_peer_config_options(p)
     args = p.parse_args(argv)
     topos = [parse_topology(c) for c in args.configs]
 
@@ -342,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             if workloads:
-                go = GoServer(tmp / "go").start()
+                go = GoServer(tmp / "go", args.go_config).start()
         except (RuntimeError, OSError) as exc:
             print(f"error: could not start the servers: {exc}", file=sys.stderr)
             return 2

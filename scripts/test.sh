@@ -3,6 +3,8 @@
 # private redis-server and real celery worker subprocesses.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The service's dependencies and the test and lint tools (requirements/dev.txt).
+INGEST_DEPS=dev
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
 

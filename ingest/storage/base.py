@@ -1,9 +1,12 @@
 """The storage driver contract.
 
 Drivers store byte strings under *storage paths*: absolute, ``/``-separated
-keys such as ``/docker/registry/v2/blobs/sha256/ab/ab12…/data``. Every path is
-checked by :func:`check_path` before a driver touches it, so nothing a client
-sends can name a location outside the driver's root.
+keys such as ``/blobs/sha256/ab/ab12…/data``, as :mod:`ingest.paths` spells them.
+Unlike distribution's, they have no ``/docker/registry/v2`` prefix: the filesystem
+driver keeps that blob at ``<root>/blobs/sha256/ab/ab12…/data``, and the S3 driver
+maps each key into its bucket below its optional prefix (:mod:`ingest.storage.s3`).
+Every path is checked by :func:`check_path` before a driver touches it, so nothing a
+client sends can name a location outside the driver's root.
 
 The semantics follow distribution's storage drivers, and the shared contract
 suite (``tests/unit/storage/contract.py``) holds every backend to them.

@@ -1,6 +1,6 @@
 """Bit-exact, streaming Docker TarSum (``tarsum``, ``tarsum.v1``, ``tarsum.dev``).
 
-Implements the algorithm described in ``shared/specs/tarsum.md`` with this project's
+Implements the algorithm described in ``docs/tarsum-spec.md`` with this project's
 decisions (spec §10):
 
 * **Legacy tar-reader semantics**: the archive is read the way docker's vendored
