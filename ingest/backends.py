@@ -17,13 +17,21 @@ from typing import TYPE_CHECKING
 from ingest.auth import Authenticator
 from ingest.config import ConfigError, Settings
 from ingest.notify import Kick, Notifier, load_endpoints
+from ingest.outcomes import OutcomeCounter
 from ingest.queue import CeleryTaskQueue, TaskQueue
 from ingest.storage.base import StorageDriver
 
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["STORAGE_DRIVERS", "authenticator", "notifier", "storage_driver", "task_queue"]
+__all__ = [
+    "STORAGE_DRIVERS",
+    "authenticator",
+    "notifier",
+    "outcome_counter",
+    "storage_driver",
+    "task_queue",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,17 @@ def task_queue(settings: Settings, app: Celery | None = None) -> TaskQueue:
         batch_window=settings.batch_window,
         batch_max=settings.batch_max,
         batch_max_size=settings.batch_max_size,
+    )
+
+
+def outcome_counter(settings: Settings) -> OutcomeCounter:
+    """The cluster-wide verification outcome counters (:mod:`ingest.outcomes`) in
+    ``REDIS_URL``: workers count, the frontend's ``/metrics`` reads."""
+    # An attempt's marker outlives its redelivery (the visibility timeout) and a
+    # reconcile's re-send (the grace), with room to spare.
+    marker_ttl = 2 * (settings.visibility_timeout + int(settings.reconcile_grace))
+    return OutcomeCounter(
+        settings.redis_url, marker_ttl=marker_ttl, tls=settings.redis_ssl_options()
     )
 
 

@@ -484,6 +484,15 @@ class Settings:
         "how often beat runs garbage collection (`0`: never; `ingest gc` runs it by hand; "
         "see `docs/operations.md`)",
     )
+    beat_lock_ttl: float = _setting(
+        DURATION,
+        30.0,
+        "beat schedules only while it holds a Redis lock that lives this long and is "
+        "renewed every third of it; a standby beat takes over within about this long "
+        "of the leader's death (at once when it stops cleanly)",
+        minimum=3.0,
+        why="the leader renews the lock every third of it, and needs a second for that",
+    )
     staging_fsync: bool = _setting(
         BOOL, False, "also fsync every staged request body (commits are always fsync'd)"
     )

@@ -1,4 +1,6 @@
-"""The Celery application: ``celery -A workers.app worker -Q verify``.
+"""The Celery application: ``celery -A workers.app worker -Q verify,prehash,maintenance``
+(what ``ingest worker`` runs; a worker started on fewer queues warns about every
+routed queue no live worker consumes: :mod:`workers.consumers`).
 
 Configuration enters here, once: static options from :mod:`workers.celeryconfig`,
 URLs and limits from :class:`ingest.config.Settings` read from the environment.
@@ -24,8 +26,22 @@ from ingest.queue import (
     TASK_RECONCILE,
     client_config,
 )
+from workers import consumers  # noqa: F401 - connects the start-up queue check
 
 log = logging.getLogger("workers")
+
+#: The shortest life of a scheduled message: the clocks of beat's host and the
+#: workers' differ a little, and a message may wait a while in a worker whose pool
+#: is busy with long verifications (expiry is checked again before it runs).
+MIN_EXPIRES = 60.0
+
+
+def _periodic(task: str, every: float) -> dict[str, Any]:
+    """A beat entry whose message expires when the next one is due (at least
+    MIN_EXPIRES): a queue nobody consumes then holds messages the next worker
+    discards unrun (revoked on receipt; RabbitMQ drops them itself), instead of a
+    backlog of stale runs that all execute when a consumer comes back."""
+    return {"task": task, "schedule": every, "options": {"expires": max(every, MIN_EXPIRES)}}
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -58,29 +74,21 @@ def create_celery(settings: Settings) -> Celery:
     app.conf.task_time_limit = settings.max_time_limit()
     app.conf.ingest_settings = settings
     # Celery beat: housekeeping that keeps the pipeline honest after crashes.
+    # Only the beat holding the beat lock sends these (workers.beat, beat_scheduler).
     app.conf.beat_schedule = {
-        "reconcile-stuck-verifications": {
-            "task": TASK_RECONCILE,
-            "schedule": settings.reconcile_interval,
-        },
-        "purge-abandoned-uploads": {"task": TASK_PURGE, "schedule": settings.purge_interval},
+        "reconcile-stuck-verifications": _periodic(TASK_RECONCILE, settings.reconcile_interval),
+        "purge-abandoned-uploads": _periodic(TASK_PURGE, settings.purge_interval),
     }
     if settings.fsck_interval > 0:
         # A bounded, resumable share of the blob check (ingest.fsck); its cursor is in
         # storage, so a missed or lost run only delays the pass.
-        app.conf.beat_schedule["fsck-share"] = {
-            "task": TASK_FSCK,
-            "schedule": settings.fsck_interval,
-        }
+        app.conf.beat_schedule["fsck-share"] = _periodic(TASK_FSCK, settings.fsck_interval)
     if settings.gc_interval > 0:
         # Off by default: it deletes data, so an operator opts in (ingest.gc).
-        app.conf.beat_schedule["garbage-collection"] = {
-            "task": TASK_GC,
-            "schedule": settings.gc_interval,
-        }
+        app.conf.beat_schedule["garbage-collection"] = _periodic(TASK_GC, settings.gc_interval)
     if endpoints:
         # Kicks lost with the broker, delivery runs lost with a worker (workers.notify).
-        app.conf.beat_schedule["notify-sweep"] = {"task": TASK_NOTIFY_SWEEP, "schedule": 30.0}
+        app.conf.beat_schedule["notify-sweep"] = _periodic(TASK_NOTIFY_SWEEP, 30.0)
     return app
 
 

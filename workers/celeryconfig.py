@@ -9,6 +9,9 @@ Why each matters for verified ingest:
 * ``worker_prefetch_multiplier = 1``: a worker holds one reserved verification
   at a time, so a long blob does not hide others behind it.
 * Events on, ``result_extended`` on: Flower shows names, arguments and states.
+* ``beat_scheduler``: beat schedules only while it holds the beat lock, so a second
+  beat (or ``ingest worker --beat`` on two hosts) stands by instead of sending every
+  periodic task twice (:mod:`workers.beat`).
 """
 
 from ingest.queue import (
@@ -56,6 +59,8 @@ task_routes = {
     TASK_NOTIFY: {"queue": QUEUE_MAINTENANCE},
     TASK_NOTIFY_SWEEP: {"queue": QUEUE_MAINTENANCE},
 }
+
+beat_scheduler = "workers.beat:LockedScheduler"
 
 worker_hijack_root_logger = False
 broker_connection_retry_on_startup = True

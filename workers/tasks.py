@@ -15,7 +15,9 @@ on its base class:
   :class:`~ingest.errors.ClientError`) never retry. Its time limit scales with the
   staged size. When it finally fails, for any reason, the upload's state records
   the error before Celery publishes it, so ``Ingest.retry`` and ``status`` see it
-  even after Redis forgets.
+  even after Redis forgets. Every verification's end (a commit, or a rejection with
+  its code; in a batch, each upload's) is counted once per attempt for
+  ``/metrics`` (:mod:`ingest.outcomes`).
 * :class:`PrehashTask`: an optimisation: acknowledged on receipt, never retried.
 * :class:`MaintenanceTask` / :class:`FsckTask`: housekeeping on its own queue.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -32,7 +35,7 @@ from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 
-from ingest import backends, logs
+from ingest import backends, logs, outcomes
 from ingest.arguments import (
     BatchEntry,
     check_batch,
@@ -59,6 +62,7 @@ from ingest.fsck import Finding, run_share, throttled
 from ingest.gc import collect_garbage
 from ingest.locks import exclusive
 from ingest.maintenance import purge_uploads, reconcile
+from ingest.outcomes import Outcome, OutcomeCounter
 from ingest.prehash import prehash_upload
 from ingest.queue import (
     STATE_PROGRESS,
@@ -81,6 +85,33 @@ log = logging.getLogger(__name__)
 #: The driver of the settings it was built for: a test that swaps the worker's
 #: settings gets a driver on the new root without clearing anything.
 _built: dict[str, tuple[Settings, StorageDriver]] = {}
+
+
+#: The outcome counters of the settings they were built for (as ``_built``).
+_counters: dict[str, tuple[Settings, OutcomeCounter]] = {}
+#: When counting outcomes last failed (monotonic): warn at most once a minute.
+_count_failed = {"at": -float("inf")}
+
+
+def outcome_counter(settings: Settings) -> OutcomeCounter:
+    built = _counters.get("outcomes")
+    if built is None or built[0] is not settings:
+        built = _counters["outcomes"] = (settings, backends.outcome_counter(settings))
+    return built[1]
+
+
+def count_outcomes(settings: Settings, *found: Outcome | None) -> None:
+    """Count verification outcomes, each attempt once (:mod:`ingest.outcomes`). A
+    metric never fails a task: if Redis does not answer, the outcome goes uncounted."""
+    if not any(o is not None for o in found):
+        return
+    try:
+        outcome_counter(settings).record(*found)
+    except Exception as exc:  # noqa: BLE001 - see above
+        now = time.monotonic()
+        if now - _count_failed["at"] >= 60:
+            _count_failed["at"] = now
+            log.warning("could not count verification outcomes: %r", exc)
 
 
 def soft_limit(time_limit: int) -> int:
@@ -221,6 +252,13 @@ class VerifyTask(CheckedTask):
         except Exception:
             log.exception("could not record failure of upload %s", upload_id)
 
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        # Counted under the attempt that committed (the result's task id): a late
+        # duplicate of another attempt that finds the upload committed returns that
+        # same result, and must not count a second commit.
+        committer = retval.get("task_id") if isinstance(retval, dict) else None
+        count_outcomes(self.settings, outcomes.committed(str(committer or task_id)))
+
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
@@ -232,6 +270,7 @@ class VerifyTask(CheckedTask):
             mark_failed(Staging(self.driver), str(args[0]), error, task_id)
         except Exception:
             log.exception("could not record failure of upload %s", args[0])
+        count_outcomes(self.settings, outcomes.rejected(task_id, error))
 
     def progress_reporter(self, upload_id: str, digest: Digest) -> Progress:
         """Reports a verification's progress to the result backend (read by
@@ -286,8 +325,9 @@ class VerifyBatchTask(CheckedTask):
         )
         return min(max(total, 1), self.settings.max_time_limit())
 
-    def verify(self, entry: BatchEntry) -> dict[str, Any]:
-        """Verify and commit one upload; its outcome in a line of the batch's result."""
+    def verify(self, entry: BatchEntry, counted: list[Outcome | None]) -> dict[str, Any]:
+        """Verify and commit one upload; its outcome in a line of the batch's result,
+        and in ``counted`` for the outcome counters."""
         settings = self.settings
         outcome: dict[str, Any] = {"upload_id": entry.upload_id, "task_id": entry.task_id}
         try:
@@ -309,9 +349,11 @@ class VerifyBatchTask(CheckedTask):
         except Exception as exc:  # noqa: BLE001 - a verdict, or a fault of this upload alone
             error = _final_error(exc)
             self._record(entry, error)
+            counted.append(outcomes.rejected(entry.task_id, error))
             return {**outcome, "status": "failed", "code": error.code}
         events.committed(self.settings, self.driver, self.app, result, entry.task_id)
         self.store_outcome(entry.task_id, result, "SUCCESS")
+        counted.append(outcomes.committed(str(result.get("task_id") or entry.task_id)))
         return {**outcome, "status": "committed", "digest": result.get("digest")}
 
     def _record(self, entry: BatchEntry, error: IngestError) -> None:
@@ -411,22 +453,28 @@ def verify_upload(
 def verify_batch(self: VerifyBatchTask, entries: list[dict[str, Any]]) -> dict[str, Any]:
     """Verify and commit several small uploads, each with its own outcome."""
     checked = check_batch(entries)  # before any storage access
-    outcomes: list[dict[str, Any]] = []
-    for i, entry in enumerate(checked):
-        with logs.bind(upload_id=entry.upload_id, task_id=entry.task_id):
-            try:
-                outcomes.append(self.verify(entry))
-            except SoftTimeLimitExceeded:
-                timeout = VerificationTimeout(detail={"upload_id": entry.upload_id})
-                self._record(entry, timeout)
-                outcomes.append({"upload_id": entry.upload_id, "status": "failed"})
-                for rest in checked[i + 1 :]:
-                    self.resend(rest)
-                    outcomes.append({"upload_id": rest.upload_id, "status": "retrying"})
-                break
-    committed = sum(o["status"] == "committed" for o in outcomes)
+    lines: list[dict[str, Any]] = []
+    # Counted together at the end: one round trip to the counters per batch.
+    counted: list[Outcome | None] = []
+    try:
+        for i, entry in enumerate(checked):
+            with logs.bind(upload_id=entry.upload_id, task_id=entry.task_id):
+                try:
+                    lines.append(self.verify(entry, counted))
+                except SoftTimeLimitExceeded:
+                    timeout = VerificationTimeout(detail={"upload_id": entry.upload_id})
+                    self._record(entry, timeout)
+                    counted.append(outcomes.rejected(entry.task_id, timeout))
+                    lines.append({"upload_id": entry.upload_id, "status": "failed"})
+                    for rest in checked[i + 1 :]:
+                        self.resend(rest)
+                        lines.append({"upload_id": rest.upload_id, "status": "retrying"})
+                    break
+    finally:
+        count_outcomes(self.settings, *counted)
+    committed = sum(o["status"] == "committed" for o in lines)
     log.info("batch of %d: %d committed", len(checked), committed)
-    return {"uploads": len(checked), "committed": committed, "outcomes": outcomes}
+    return {"uploads": len(checked), "committed": committed, "outcomes": lines}
 
 
 @app.task(bind=True, base=PrehashTask, name=TASK_PREHASH)

@@ -7,7 +7,8 @@ answer anyone who can reach them, so they bind to loopback by default
 
 * ``GET /metrics`` -- Prometheus text format. Served by the process that runs the
   listener, for every frontend process: with ``ingest serve --workers N`` the
-  processes write to ``PROMETHEUS_MULTIPROC_DIR`` and this aggregates them.
+  processes write to ``PROMETHEUS_MULTIPROC_DIR`` and this aggregates them; plus
+  the verification outcomes every worker counted (:mod:`ingest.outcomes`).
 * ``GET /health`` -- the deep check of :mod:`ingest.health` (broker, storage, a
   worker), as JSON with each check's status and latency: 200 when every check passed,
   503 otherwise.
@@ -25,8 +26,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ingest import backends
 from ingest.api import Ingest
 from ingest.http import common, metrics
+from ingest.outcomes import OutcomeCounter
 
 __all__ = ["create_debug_app"]
 
@@ -42,10 +45,17 @@ async def index(request: Request) -> Response:
     return PlainTextResponse("verified-ingest debug listener: /metrics /health\n")
 
 
-def create_debug_app(ingest: Ingest, *, multiprocess_dir: str | None = None) -> Starlette:
+def create_debug_app(
+    ingest: Ingest,
+    *,
+    multiprocess_dir: str | None = None,
+    outcomes: OutcomeCounter | None = None,
+) -> Starlette:
     """The debug app over ``ingest`` (its storage and queue are what ``/health``
     checks); ``multiprocess_dir``: the ``PROMETHEUS_MULTIPROC_DIR`` of the frontend
-    processes whose metrics ``/metrics`` aggregates (None: this process's own)."""
+    processes whose metrics ``/metrics`` aggregates (None: this process's own);
+    ``outcomes``: where the workers count verification outcomes (by default the
+    counters in ``ingest``'s ``REDIS_URL``)."""
     app = Starlette(
         routes=[
             Route("/", index, methods=["GET"]),
@@ -55,4 +65,7 @@ def create_debug_app(ingest: Ingest, *, multiprocess_dir: str | None = None) -> 
     )
     app.state.ingest = ingest
     app.state.metrics_registry = metrics.registry(multiprocess_dir)
+    app.state.outcomes = (
+        outcomes if outcomes is not None else backends.outcome_counter(ingest.settings)
+    )
     return app

@@ -77,9 +77,23 @@ def test_health_and_metrics_of_a_frontend_with_two_processes(stack: Stack) -> No
             r = client.put(r.headers["location"], params={"digest": sha256(data)})
             assert r.status_code == 201, r.text
     assert fe.debug_url is not None
-    text = httpx.get(f"{fe.debug_url}/metrics", timeout=10).text
+    # The workers count outcomes just after publishing them: a moment after the 201.
+    committed = 'ingest_verification_outcomes_total{code="",outcome="committed"}'
+    deadline = time.monotonic() + 10
+    while True:
+        text = httpx.get(f"{fe.debug_url}/metrics", timeout=10).text
+        if _metric(text, committed) == len(sizes) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert _metric(text, committed) == len(sizes)
     assert _metric(text, "ingest_upload_bytes_total") == sum(sizes)
-    assert _metric(text, 'ingest_verification_outcomes_total{code="committed"}') == len(sizes)
+    # The HTTP server metrics, summed over both processes, by route template.
+    upload = "/v2/{name}/blobs/uploads/{upload_id}"
+    put = f'ingest_http_requests_total{{method="PUT",route="{upload}",status="201"}}'
+    assert _metric(text, put) == len(sizes)
+    patched = f'ingest_http_request_bytes_total{{method="PATCH",route="{upload}"}}'
+    assert _metric(text, patched) == sum(sizes)
+    assert _metric(text, "ingest_http_requests_in_flight") == 0
     assert _metric(text, "ingest_finish_seconds_count") == len(sizes)
     # Files of more than one process were aggregated (each process writes its own).
     # Each process writes its own files; the listener read those of several.

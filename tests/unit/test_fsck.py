@@ -742,7 +742,11 @@ def test_beat_schedules_the_share_unless_the_interval_is_zero() -> None:
     from workers.app import create_celery
 
     on = create_celery(Settings(fsck_interval=120))
-    assert on.conf.beat_schedule["fsck-share"] == {"task": "ingest.fsck", "schedule": 120.0}
+    assert on.conf.beat_schedule["fsck-share"] == {
+        "task": "ingest.fsck",
+        "schedule": 120.0,
+        "options": {"expires": 120.0},  # a message no worker took in time is dropped
+    }
     assert on.conf.task_routes["ingest.fsck"] == {"queue": "maintenance"}
     off = create_celery(Settings(fsck_interval=0))
     assert "fsck-share" not in off.conf.beat_schedule

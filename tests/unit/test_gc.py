@@ -25,7 +25,13 @@ from ingest.errors import ArgumentInvalid, IngestError, ManifestBlobUnknown
 from ingest.fsck import run_fsck
 from ingest.manifests import OCI_INDEX, OCI_MANIFEST
 from ingest.storage.base import PathNotFound, StorageDriver
-from tests.support.s3fixtures import new_s3_driver, s3_server
+from tests.support.s3fixtures import (
+    S3_SERVERS,
+    moto_s3_server,
+    new_s3_driver,
+    s3_server_of,
+    seaweedfs_s3_server,
+)
 from tests.unit.fakes import (
     DRIVER_KINDS,
     make_driver,
@@ -35,7 +41,7 @@ from tests.unit.fakes import (
     worker_settings,
 )
 
-__all__ = ["s3_server"]  # the fixture, imported for pytest
+__all__ = ["moto_s3_server", "seaweedfs_s3_server"]  # fixtures, for pytest
 
 REPO = "team/app"
 OTHER = "team/other"
@@ -44,11 +50,11 @@ OTHER = "team/other"
 STEPS = ["marked", "flagged", "rescanned", "claimed"]
 
 
-@pytest.fixture(params=[*DRIVER_KINDS, "s3"])
+@pytest.fixture(params=[*DRIVER_KINDS, *(f"s3-{kind}" for kind in S3_SERVERS)])
 def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
-    if request.param == "s3":
-        # A real S3 server (moto_server): the claim must be sound without a rename.
-        return new_s3_driver(request.getfixturevalue("s3_server"))
+    if request.param.startswith("s3-"):
+        # Real S3 servers (moto, SeaweedFS): the claim must be sound without a rename.
+        return new_s3_driver(s3_server_of(request, request.param.removeprefix("s3-")))
     return make_driver(request.param, tmp_path)
 
 
@@ -669,5 +675,6 @@ def test_beat_runs_gc_only_when_an_interval_is_set() -> None:
     assert on.conf.beat_schedule["garbage-collection"] == {
         "task": "ingest.gc",
         "schedule": 86400.0,
+        "options": {"expires": 86400.0},
     }
     assert on.conf.task_routes["ingest.gc"] == {"queue": "maintenance"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import fakeredis
 from starlette.exceptions import StarletteDeprecationWarning
 
 with warnings.catch_warnings():
@@ -12,6 +13,7 @@ with warnings.catch_warnings():
 
 from ingest.http import metrics
 from ingest.http.debug import create_debug_app
+from ingest.outcomes import OutcomeCounter
 from ingest.storage.memory import MemoryDriver
 from tests.unit.fakes import make_ingest
 from tests.unit.http.conftest import Env
@@ -21,7 +23,10 @@ def _client(**queue_state: object) -> TestClient:
     ing, queue = make_ingest(MemoryDriver())
     for name, value in queue_state.items():
         setattr(queue, name, value)
-    return TestClient(create_debug_app(ing), raise_server_exceptions=False)
+    outcomes = OutcomeCounter(
+        "redis://fake", marker_ttl=60, client=fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    )
+    return TestClient(create_debug_app(ing, outcomes=outcomes), raise_server_exceptions=False)
 
 
 def test_health_answers_200_with_every_check_when_all_pass() -> None:
