@@ -10,6 +10,10 @@ the printed URL until interrupted (``--exit`` stops after the demo).
 Everything listens on loopback. The registry runs with ``INGEST_AUTH=none`` (open:
 a demo on this machine, and ``ingest push`` sends no credentials); Flower always
 authenticates, with a password made for this run and printed with its URL.
+
+Ctrl-C, SIGTERM and SIGHUP stop every process it started (each runs in a session of
+its own, so only the demo can), and the temporary storage and logs it made are
+removed on the way out (``--keep`` keeps them and says where they are).
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ import http.client
 import json
 import os
 import secrets
+import shutil
+import signal
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
 
 from devtools.devstack import Frontend, Service, Worker
 from devtools.localredis import LocalRedis, free_port
@@ -53,9 +60,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exit", action="store_true", help="stop after the demo instead of serving"
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary storage and logs on exit"
+    )
     args = parser.parse_args(argv)
 
+    _stop_on_signals()
+    made = args.storage is None
     storage = args.storage or tempfile.mkdtemp(prefix="ingest-demo-")
+    logs = Path(storage).parent / f"{Path(storage).name}.logs"
+    try:
+        return _run(args, storage, logs)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a signal (see _stop_on_signals)
+        print("stopped")
+        return 128 + (exc.args[0] if exc.args else signal.SIGINT)
+    finally:
+        # The with-blocks in _run have stopped every process by now; a signal now
+        # would only cut the clean-up short.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        if made and not args.keep:
+            left = [str(p) for p in (Path(storage), logs) if not _remove(p)]
+            print(
+                f"could not remove {', '.join(left)}" if left else f"removed {storage} and {logs}"
+            )
+        else:
+            print(f"kept: storage {storage}, logs {logs}")
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM, SIGHUP and Ctrl-C raise KeyboardInterrupt (its argument: the signal),
+    so the with-blocks unwind and stop every child; the default SIGTERM would end this
+    process alone. Once: further signals are ignored while the children stop (a
+    worker's warm shutdown takes a moment), so cleaning up is not cut short."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
+def _remove(path: Path) -> bool:
+    """Remove a directory tree this run made; whether it is gone."""
+    shutil.rmtree(path, ignore_errors=True)
+    return not path.exists()
+
+
+def _run(args: argparse.Namespace, storage: str, logs: Path) -> int:
     with contextlib.ExitStack() as stack:
         redis_url = os.environ.get("REDIS_URL")
         if not redis_url:
@@ -66,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         env = {"REDIS_URL": redis_url, "INGEST_STORAGE_ROOT": storage}
         # Said explicitly: `ingest serve` refuses to start without INGEST_AUTH.
         frontend_env = {**env, "INGEST_AUTH": "none"}
-        logs = Path(storage).parent / f"{Path(storage).name}.logs"
         worker = stack.enter_context(Worker(env, logs / "worker.log"))
         print(f"worker:  pid {worker.pid} ({worker.name})")
         port = args.port or (5000 if _port_free(5000) else free_port())
@@ -147,11 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  Flower: {flower_url} (user admin, password {flower_password})\n"
             f"  Health: curl {frontend.debug_url}/health"
         )
-        try:
-            while frontend.process is not None and frontend.process.poll() is None:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            print("stopping")
+        while frontend.process is not None and frontend.process.poll() is None:
+            time.sleep(1)
     return 0
 
 

@@ -77,12 +77,18 @@ class Service:
         if not self.waits_until_ready:
             return self
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.args[:4]} exited with {self.process.returncode}")
-            if self.ready():
-                return self
-            time.sleep(0.05)
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.args[:4]} exited with {self.process.returncode}")
+                if self.ready():
+                    return self
+                time.sleep(0.05)
+        except BaseException:
+            # Interrupted (a signal, Ctrl-C) before the caller holds the service: nobody
+            # else would stop it, and its own session keeps it alive after us.
+            self.stop()
+            raise
         self.stop()
         raise RuntimeError(f"{self.args[:4]} not ready after {timeout} s")
 
@@ -229,7 +235,8 @@ def write_htpasswd(
 
 
 class Worker(Service):
-    """A ``celery -A workers.app worker`` subprocess on the verify and maintenance queues."""
+    """A ``celery -A workers.app worker`` subprocess on every queue (``queues``: fewer,
+    comma-separated, as ``-Q`` takes them)."""
 
     def __init__(
         self,
@@ -239,6 +246,7 @@ class Worker(Service):
         concurrency: int = 1,
         pool: str = "prefork",
         extra_args: tuple[str, ...] = (),
+        queues: str = WORKER_QUEUES,
     ) -> None:
         self.celery_log = Path(logfile)
         self.concurrency = concurrency
@@ -251,7 +259,7 @@ class Worker(Service):
             "workers.app",
             "worker",
             "-Q",
-            WORKER_QUEUES,
+            queues,
             "-n",
             self.name,
             "-c",

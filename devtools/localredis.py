@@ -148,14 +148,18 @@ class LocalRedis:
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server exited with {self.process.returncode}: {self.log()}"
-                )
-            if _ping(self.port, tls=self.tls is not None):
-                return self
-            time.sleep(0.02)
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server exited with {self.process.returncode}: {self.log()}"
+                    )
+                if _ping(self.port, tls=self.tls is not None):
+                    return self
+                time.sleep(0.02)
+        except BaseException:
+            self.stop()  # interrupted before the owner holds it: nobody else would stop it
+            raise
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
 

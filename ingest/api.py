@@ -21,7 +21,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ from ingest.queue import TaskQueue
 from ingest.storage.base import PathNotFound, StorageDriver
 from ingest.uploads import Staging, UploadInfo, UploadRecord, UploadState, UploadWriter
 
-__all__ = ["Ingest", "Ticket", "Upload", "UploadStatus", "as_digest"]
+__all__ = ["BulkRetry", "Ingest", "Ticket", "Upload", "UploadStatus", "as_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,18 @@ class UploadStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class BulkRetry:
+    """What :meth:`Ingest.retry_failed` did: ``queued`` (``upload_id``, ``task_id``)
+    and ``errors`` (``upload_id``, ``error``: the error's dict), per upload."""
+
+    queued: list[dict[str, str]]
+    errors: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"queued": self.queued, "errors": self.errors}
 
 
 def as_digest(digest: Digest | str) -> Digest:
@@ -169,6 +181,11 @@ class Ingest:
         #: Registry events (:mod:`ingest.notify`); without endpoints it does nothing.
         self.notifier = notifier if notifier is not None else Notifier(driver)
 
+    @property
+    def write_size(self) -> int:
+        """Bytes per write for a frontend staging a stream (the driver's preference)."""
+        return self.driver.write_size
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Ingest:
         """The storage and task queue configured in the environment."""
@@ -182,11 +199,6 @@ class Ingest:
         driver = backends.storage_driver(settings)
         queue = backends.task_queue(settings)
         return cls(driver, queue, settings, backends.notifier(settings, driver, queue))
-
-    @property
-    def write_size(self) -> int:
-        """Bytes per write for a frontend staging a stream (the driver's preference)."""
-        return self.driver.write_size
 
     # -- uploads ----------------------------------------------------------------------
 
@@ -381,6 +393,8 @@ class Ingest:
         upload goes on, and is verified in full at finish, if this fails)."""
         try:
             self.queue.enqueue_prehash(upload_id)
+        except StorageUnavailable as exc:  # an outage, not a bug: no traceback
+            log.warning("could not enqueue the prehash of upload %s: %s", upload_id, exc)
         except Exception:  # never fail a client's write over it
             log.warning("could not enqueue the prehash of upload %s", upload_id, exc_info=True)
 
@@ -567,6 +581,33 @@ class Ingest:
         """Failed uploads, optionally only those failed in the last ``since`` seconds
         with error ``code``: the input of a bulk retry after an outage."""
         return maintenance.failed_uploads(self.driver, since=since, code=code)
+
+    def retry_failed(
+        self,
+        *,
+        since: float | None = None,
+        code: str | None = None,
+        allowed: Callable[[str], bool] | None = None,
+    ) -> BulkRetry:
+        """Re-enqueue every failed upload (of those :meth:`failed_uploads` selects) in a
+        repository ``allowed`` accepts (default: all). An upload that cannot be retried
+        (committed or cancelled meanwhile) is reported in ``errors``; an unreachable
+        broker stops the run with StorageUnavailable, whose ``detail.queued`` counts
+        what was already re-enqueued (a second run picks up the rest)."""
+        queued: list[dict[str, str]] = []
+        errors: list[dict[str, Any]] = []
+        for upload_id, _record in self.failed_uploads(since=since, code=code):
+            try:
+                if allowed is not None and not allowed(self.upload_repository(upload_id)):
+                    continue
+                queued.append({"upload_id": upload_id, "task_id": self.retry(upload_id).task_id})
+            except StorageUnavailable as exc:
+                raise StorageUnavailable(
+                    exc.message, {**exc.detail, "queued": len(queued)}
+                ) from exc
+            except IngestError as exc:
+                errors.append({"upload_id": upload_id, "error": exc.to_dict()})
+        return BulkRetry(queued, errors)
 
     def purge(self, *, older_than: float, dry_run: bool = False) -> maintenance.PurgeSummary:
         """Remove uploads idle longer than ``older_than`` seconds (never finishing ones).

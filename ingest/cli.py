@@ -8,6 +8,7 @@ again), 1 anything else; click uses 2 for usage errors.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import io
@@ -16,17 +17,16 @@ import os
 import re
 import stat
 import sys
+import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar, cast
 
 import click
 
 if TYPE_CHECKING:
-    from click._termui_impl import ProgressBar
-
     from ingest.http.server import ConnectionLimits, DebugListener
 
-from ingest.config import ConfigError, Settings, parse_duration
+from ingest.config import ConfigError, Settings, mask_url, parse_duration
 from ingest.errors import EXIT_USAGE, ArgumentInvalid, IngestError
 from ingest.queue import WORKER_QUEUES
 
@@ -35,11 +35,15 @@ R = TypeVar("R")
 
 
 class Context:
-    """What every command gets: settings, and an Ingest client built on first use."""
+    """What every command gets: settings, and an Ingest client built on first use.
 
-    def __init__(self, settings: Settings, as_json: bool) -> None:
+    ``ingest_url``: INGEST_URL as the group found it, for the message of a command
+    that has no HTTP form (the commands that do take it through ``--url``)."""
+
+    def __init__(self, settings: Settings, as_json: bool, ingest_url: str | None = None) -> None:
         self.settings = settings
         self.as_json = as_json
+        self.ingest_url = ingest_url
         self._ingest: Any = None
 
     @property
@@ -49,6 +53,28 @@ class Context:
 
             self._ingest = Ingest.from_settings(self.settings)
         return self._ingest
+
+    def local(self, command: str, *, http_form: bool = True) -> Any:
+        """:attr:`ingest`, for a command working on the storage and broker directly.
+
+        A usage error when the storage is not here (a filesystem root that does not
+        exist): scanning an empty directory would report nothing to do, as
+        ``retry --failed`` did with only INGEST_URL set. The message says where to
+        turn: the frontend (``http_form``), or the host that has the storage."""
+        s = self.settings
+        if s.storage_driver != "filesystem" or os.path.isdir(s.storage_root):
+            return self.ingest
+        if http_form:
+            hint = "give the frontend with --url or INGEST_URL, or set INGEST_STORAGE_ROOT"
+        else:
+            ignored = " (INGEST_URL is not used)" if self.ingest_url else ""
+            hint = (
+                f"`ingest {command}` has no HTTP form{ignored}: it works on the storage and "
+                "Redis directly, so run it where they are, with INGEST_STORAGE_ROOT and REDIS_URL"
+            )
+        raise click.UsageError(
+            f"no storage at {os.path.abspath(s.storage_root)} (INGEST_STORAGE_ROOT): {hint}"
+        )
 
     def emit(self, data: dict[str, Any], human: str) -> None:
         click.echo(json.dumps(data, sort_keys=True) if self.as_json else human)
@@ -105,7 +131,7 @@ def cli(ctx: click.Context, as_json: bool) -> None:
     except ConfigError as exc:
         click.echo(f"error: configuration: {exc}", err=True)
         ctx.exit(EXIT_USAGE)
-    ctx.obj = Context(settings, as_json)
+    ctx.obj = Context(settings, as_json, os.environ.get("INGEST_URL") or None)
 
 
 @cli.command()
@@ -127,15 +153,135 @@ def put(obj: Context, file: IO[bytes], repository: str, digest: str | None, time
             h.update(view[:n])
     ticket = up.finish(digest or "sha256:" + h.hexdigest())
     result = ticket.wait(timeout=timeout)
-    obj.emit(
-        result, f"committed {result['repository']}@{result['digest']} ({result['size']} bytes)"
-    )
+    obj.emit(result, _committed(result))
+
+
+def _committed(result: dict[str, Any]) -> str:
+    """The success line: what was committed where, and the upload it came from."""
+    size = f" ({result['size']} bytes)" if "size" in result else ""
+    upload = f", upload {result['upload_id']}" if result.get("upload_id") else ""
+    return f"committed {result['repository']}@{result['digest']}{size}{upload}"
+
+
+MIB = 1 << 20
+
+
+class _ByteBar:
+    """One progress line on stderr, redrawn in place at most every ``INTERVAL`` s: MiB
+    done (of the total when known), the rate and, with a total, percent and ETA. A
+    pipe has no total: then bytes and rate only."""
+
+    INTERVAL = 0.2
+    WIDTH = 24
+
+    def __init__(
+        self, label: str, total: int | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.label = label
+        self.total = total or None
+        self.n = 0
+        self._base = 0  # bytes done before this bar saw any (the rate leaves them out)
+        self._clock = clock
+        self._start = clock()
+        self._drawn_at = float("-inf")
+        self._width = 0
+
+    def start_at(self, done: int) -> None:
+        """Begin at ``done`` bytes (work that was over before the bar could watch it)."""
+        self.n = self._base = done
+
+    def update(self, n: int) -> None:
+        self.n += n
+        now = self._clock()
+        if now - self._drawn_at >= self.INTERVAL:
+            self._draw(now)
+
+    def close(self) -> None:
+        self._draw(self._clock())
+        click.echo("", err=True)
+
+    def line(self, now: float) -> str:
+        elapsed = now - self._start
+        # Too early to tell: a rate over microseconds would be noise (and huge).
+        rate = (self.n - self._base) / elapsed if elapsed >= 0.05 else 0.0
+        speed = f"{rate / MIB:.1f} MiB/s" if rate > 0 else "-- MiB/s"
+        if self.total is None:
+            return f"{self.label}: {self.n / MIB:.1f} MiB  {speed}"
+        part = min(self.n / self.total, 1.0)
+        filled = round(part * self.WIDTH)
+        left = 0.0 if part >= 1 else (self.total - self.n) / rate if rate > 0 else None
+        eta = "--:--" if left is None else f"{int(left) // 60:02d}:{int(left) % 60:02d}"
+        return (
+            f"{self.label}: {part:4.0%} |{'#' * filled}{' ' * (self.WIDTH - filled)}| "
+            f"{self.n / MIB:.1f}/{self.total / MIB:.1f} MiB  {speed}  ETA {eta}"
+        )
+
+    def _draw(self, now: float) -> None:
+        text = self.line(now)
+        # Blank out what a longer previous line left behind.
+        click.echo("\r" + text.ljust(self._width), err=True, nl=False)
+        self._width = len(text)
+        self._drawn_at = now
+
+
+class _Progress:
+    """The bars of one command, one at a time, each made on first use; none when
+    ``quiet`` (stderr is no terminal, ``--json``, ``--no-progress``)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._bar: _ByteBar | None = None
+
+    def bar(self, label: str, total: int | None) -> _ByteBar | None:
+        if self.quiet:
+            return None
+        if self._bar is None or self._bar.label != label:
+            self.close()  # the previous stage is over
+            self._bar = _ByteBar(label, total)
+        return self._bar
+
+    def advance(self, label: str, total: int | None) -> Callable[[int], None]:
+        """A callback adding its argument (bytes) to the bar ``label``."""
+
+        def by(n: int) -> None:
+            if bar := self.bar(label, total):
+                bar.update(n)
+
+        return by
+
+    def reach(self, label: str) -> Callable[[int, int], None]:
+        """A callback moving the bar ``label`` to ``done`` of ``total`` bytes."""
+
+        def to(done: int, total: int) -> None:
+            fresh = self._bar is None or self._bar.label != label
+            if bar := self.bar(label, total or None):
+                bar.total = total or bar.total
+                if fresh:  # e.g. a verification half done by a prehash, or over already
+                    bar.start_at(done)
+                bar.update(max(done - bar.n, 0))
+
+        return to
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _default_repository(file: IO[bytes]) -> str:
     stem = os.path.basename(getattr(file, "name", "") or "stdin").split(".", 1)[0].lower()
     cleaned = re.sub(r"[^a-z0-9]+", "-", stem).strip("-") or "blob"
     return f"uploads/{cleaned}"
+
+
+#: The frontend a push or pull talks to (always HTTP, so it has a default).
+_FRONTEND_URL = click.option(
+    "--url",
+    envvar="INGEST_URL",
+    default="http://127.0.0.1:5000",
+    show_default=True,
+    help="Frontend URL [INGEST_URL].",
+)
 
 
 @cli.command()
@@ -148,13 +294,7 @@ def _default_repository(file: IO[bytes]) -> str:
     help="Claim the TarSum of this version (sha256) instead of a plain digest.",
 )
 @click.option("--chunk-size", type=str, default="16MiB", show_default=True)
-@click.option(
-    "--url",
-    envvar="INGEST_URL",
-    default="http://127.0.0.1:5000",
-    show_default=True,
-    help="Frontend URL [INGEST_URL].",
-)
+@_FRONTEND_URL
 @click.option("--timeout", type=float, default=600.0, show_default=True)
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a TTY)."
@@ -172,8 +312,11 @@ def push(
     timeout: float,
     progress: bool | None,
 ) -> None:
-    """Upload FILE ('-' for stdin) through the HTTP API and wait for its verification."""
-    from ingest.client import RegistryClient
+    """Upload FILE ('-' for stdin) through the HTTP API and wait for its verification.
+
+    A regular file is hashed first, and not sent if the repository already has that
+    blob (a HEAD). A pipe is streamed as it comes, hashed on the way."""
+    from ingest.client import RegistryClient, compute_digest
     from ingest.config import parse_size
 
     if digest and tarsum:
@@ -187,41 +330,90 @@ def push(
         chunk = parse_size(chunk_size)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--chunk-size") from None
+    if chunk <= 0:
+        raise click.BadParameter("must be more than 0 bytes", param_hint="--chunk-size")
     repo = repository or _default_repository(file)
     size = _size_of(file)
     quiet = not progress if progress is not None else (obj.as_json or not sys.stderr.isatty())
-    up_bar: ProgressBar[int]
-    with (
-        RegistryClient(url) as client,
-        click.progressbar(
-            length=size, label="upload", file=sys.stderr, hidden=quiet, show_pos=True
-        ) as up_bar,
-    ):
-        verify: dict[str, Any] = {}
-
-        def on_verify(done: int, total: int) -> None:
-            if "bar" not in verify:
-                up_bar.render_finish()
-                verify["bar"] = click.progressbar(
-                    length=total or 1, label="verify", file=sys.stderr, hidden=quiet
-                )
-            bar = verify["bar"]
-            bar.update(max(done - bar.pos, 0))
-
-        result = client.push(
-            repo,
-            cast(BinaryIO, file),
-            digest=digest,
-            tarsum_label=label,
-            chunk_size=chunk,
-            on_upload=up_bar.update,
-            on_verify=on_verify,
-            timeout=timeout,
+    bars = _Progress(quiet)
+    try:
+        if digest is None and size is not None:
+            # Known before sending, so a blob the repository has is skipped, as
+            # skopeo and oras do. A pipe cannot be read twice: it is hashed on the way.
+            digest = compute_digest(cast(BinaryIO, file), label, bars.advance("digest", size))
+            file.seek(0)
+        with RegistryClient(url) as client:
+            result = client.push(
+                repo,
+                cast(BinaryIO, file),
+                digest=digest,
+                tarsum_label=label,
+                chunk_size=chunk,
+                on_upload=bars.advance("upload", size),
+                on_verify=bars.reach("verify"),
+                timeout=timeout,
+            )
+    finally:
+        bars.close()
+    if result.get("skipped"):
+        human = (
+            f"skipped {result['repository']}@{result['digest']} ({result['size']} bytes): "
+            "the repository already has it"
         )
-        if "bar" in verify:
-            verify["bar"].render_finish()
+        obj.emit(result, human)
+        return
+    obj.emit(result, _committed(result))
+
+
+@cli.command()
+@click.argument("repository")
+@click.argument("digest")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    help="File to write; replaced only once the download matched DIGEST.",
+)
+@_FRONTEND_URL
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a TTY)."
+)
+@pass_ctx
+@reports_errors
+def pull(
+    obj: Context, repository: str, digest: str, output: str, url: str, progress: bool | None
+) -> None:
+    """Download REPOSITORY's blob DIGEST to a file, verifying the digest as it streams.
+
+    The bytes go to a temporary file next to --output, renamed only when they match
+    DIGEST; a mismatch is DIGEST_INVALID (exit 3) and leaves no file behind."""
+    from ingest.client import RegistryClient
+
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise click.BadParameter(f"no directory {folder}", param_hint="--output")
+    quiet = not progress if progress is not None else (obj.as_json or not sys.stderr.isatty())
+    bars = _Progress(quiet)
+
+    def sized(size: int | None) -> None:
+        bars.bar("download", size)  # its total (for the ETA) once the registry says it
+
+    try:
+        with RegistryClient(url) as client:
+            result = client.pull(
+                repository,
+                digest,
+                output,
+                on_total=sized,
+                on_bytes=bars.advance("download", None),
+            )
+    finally:
+        bars.close()
     obj.emit(
-        result, f"committed {result['repository']}@{result['digest']} ({result['size']} bytes)"
+        result,
+        f"verified {result['repository']}@{result['digest']} ({result['size']} bytes) "
+        f"-> {result['path']}",
     )
 
 
@@ -254,11 +446,32 @@ def status(obj: Context, upload_id: str, url: str | None) -> None:
         with RegistryClient(url) as client:
             st = client.status(upload_id)
     else:
-        st = obj.ingest.status(upload_id).to_dict()
+        st = obj.local("status").status(upload_id).to_dict()
+    shown = _with_iso_times(st)
     lines = [
-        f"{k}: {json.dumps(v, sort_keys=True) if isinstance(v, dict) else v}" for k, v in st.items()
+        f"{k}: {json.dumps(v, sort_keys=True) if isinstance(v, dict) else v}"
+        for k, v in shown.items()
     ]
     obj.emit(st, "\n".join(lines))
+
+
+def _with_iso_times(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with its epoch times (``*_at``, ``last_activity``), nested ones too, as
+    ISO 8601 in UTC: for people; ``--json`` keeps the numbers."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out[key] = _with_iso_times(value)
+        elif (
+            (key.endswith("_at") or key == "last_activity")
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
+            when = datetime.datetime.fromtimestamp(value, datetime.UTC)
+            out[key] = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        else:
+            out[key] = value
+    return out
 
 
 @cli.command()
@@ -288,8 +501,10 @@ def retry(
     """Re-enqueue the failed verification of UPLOAD_ID, or of every failed upload."""
     if all_failed == bool(upload_id):
         raise click.UsageError("give either UPLOAD_ID or --failed")
+    if not all_failed and (since is not None or code is not None):
+        raise click.UsageError("--since and --code go with --failed")
     if all_failed:
-        _retry_failed(obj, since, code)
+        _retry_failed(obj, since, code, url)
         return
     assert upload_id is not None
     if url:
@@ -301,26 +516,31 @@ def retry(
                 obj.emit({"upload_id": upload_id, "task_id": task_id}, f"queued {task_id}")
                 return
             result = client.wait(upload_id, timeout=timeout)
-        obj.emit(result, f"committed {result['repository']}@{result['digest']}")
+        obj.emit(result, _committed(result))
         return
-    ticket = obj.ingest.retry(upload_id, digest)
+    ticket = obj.local("retry").retry(upload_id, digest)
     if not wait:
         obj.emit({"upload_id": upload_id, "task_id": ticket.task_id}, f"queued {ticket.task_id}")
         return
     result = ticket.wait(timeout=timeout)
-    obj.emit(result, f"committed {result['repository']}@{result['digest']}")
+    obj.emit(result, _committed(result))
 
 
-def _retry_failed(obj: Context, since: float | None, code: str | None) -> None:
-    ing = obj.ingest
-    queued: list[dict[str, str]] = []
-    errors: list[dict[str, Any]] = []
-    for upload_id, _record in ing.failed_uploads(since=since, code=code):
-        try:
-            queued.append({"upload_id": upload_id, "task_id": ing.retry(upload_id).task_id})
-        except IngestError as exc:
-            errors.append({"upload_id": upload_id, "error": exc.to_dict()})
-    lines = [f"re-queued {len(queued)} failed verification(s)"]
+def _retry_failed(obj: Context, since: float | None, code: str | None, url: str | None) -> None:
+    """Over HTTP with a URL (the frontend re-queues what the caller may push to), else
+    on the storage and broker directly."""
+    if url:
+        from ingest.client import RegistryClient
+
+        with RegistryClient(url) as client:
+            summary = client.retry_failed(since=since, code=code)
+        where = mask_url(url)
+    else:
+        summary = obj.local("retry").retry_failed(since=since, code=code).to_dict()
+        where = os.path.abspath(obj.settings.storage_root)
+    queued: list[dict[str, str]] = summary["queued"]
+    errors: list[dict[str, Any]] = summary["errors"]
+    lines = [f"re-queued {len(queued)} failed verification(s) ({where})"]
     lines += [f"  {q['upload_id']} task {q['task_id']}" for q in queued]
     lines += [f"  {e['upload_id']} not retried: {e['error']['code']}" for e in errors]
     obj.emit({"queued": queued, "errors": errors}, "\n".join(lines))
@@ -328,11 +548,18 @@ def _retry_failed(obj: Context, since: float | None, code: str | None) -> None:
 
 @cli.command()
 @click.argument("upload_id")
+@_URL_OPTION
 @pass_ctx
 @reports_errors
-def cancel(obj: Context, upload_id: str) -> None:
+def cancel(obj: Context, upload_id: str, url: str | None) -> None:
     """Discard an upload and its staged bytes."""
-    obj.ingest.cancel(upload_id)
+    if url:
+        from ingest.client import RegistryClient
+
+        with RegistryClient(url) as client:
+            client.cancel(upload_id)
+    else:
+        obj.local("cancel").cancel(upload_id)
     obj.emit({"upload_id": upload_id, "cancelled": True}, f"cancelled {upload_id}")
 
 
@@ -342,16 +569,19 @@ def cancel(obj: Context, upload_id: str) -> None:
 @pass_ctx
 @reports_errors
 def purge(obj: Context, older_than: float | None, dry_run: bool) -> None:
-    """Remove abandoned uploads (idle longer than --older-than); never finishing ones."""
+    """Remove abandoned uploads (idle longer than --older-than); never finishing ones.
+
+    Works on the storage and Redis directly (there is no HTTP form)."""
     from ingest.arguments import check_purge_age
     from ingest.locks import exclusive
 
     s = obj.settings
     age = check_purge_age(s.purge_age if older_than is None else older_than)  # before the lock
+    ing = obj.local("purge", http_form=False)
     with exclusive(
         s.redis_url, "purge", ttl=max(600.0, s.purge_interval), tls=s.redis_ssl_options()
     ):
-        summary = obj.ingest.purge(older_than=age, dry_run=dry_run)
+        summary = ing.purge(older_than=age, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     lines = [
         f"{verb} {len(summary.removed)} upload(s), {summary.bytes_freed} bytes "
@@ -369,9 +599,15 @@ def purge(obj: Context, older_than: float | None, dry_run: bool) -> None:
 @pass_ctx
 @reports_errors
 def reconcile(obj: Context, grace: float | None, dry_run: bool) -> None:
-    """Re-enqueue verifications whose task was lost (after a Redis loss)."""
-    summary = obj.ingest.reconcile(
-        grace=obj.settings.reconcile_grace if grace is None else grace, dry_run=dry_run
+    """Re-enqueue verifications whose task was lost (after a Redis loss).
+
+    Works on the storage and broker directly (there is no HTTP form)."""
+    from ingest.arguments import check_reconcile_grace
+
+    # A wrong argument is the first thing to hear of, as for purge.
+    checked_grace = check_reconcile_grace(obj.settings.reconcile_grace if grace is None else grace)
+    summary = obj.local("reconcile", http_form=False).reconcile(
+        grace=checked_grace, dry_run=dry_run
     )
     verb = "would re-enqueue" if dry_run else "re-enqueued"
     lines = [
@@ -473,12 +709,25 @@ def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     os.execv(sys.executable, args)  # noqa: S606 - replace this process: signals go to celery
 
 
+def _tarsum_label(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A label no TarSum can be made for is a usage error (2), not a rejected blob (3)."""
+    from ingest.errors import TarSumUnsupported
+    from ingest.tarsum.labels import parse_label
+
+    try:
+        parse_label(value)
+    except TarSumUnsupported as exc:
+        raise click.BadParameter(exc.message) from None
+    return value
+
+
 @cli.command()
 @click.argument("file", type=click.File("rb"))
 @click.option(
     "--label",
     default="tarsum.v1+sha256",
     show_default=True,
+    callback=_tarsum_label,
     help="TarSum version and hash: tarsum|tarsum.v1|tarsum.dev + sha256|sha512.",
 )
 @click.option("--extra", type=click.File("rb"), help="Extra payload (the v1 image JSON).")

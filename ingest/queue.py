@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -176,6 +177,62 @@ def client_config(
     if result_backend.startswith("rediss://"):
         conf["redis_backend_use_ssl"] = tls
     return conf
+
+
+#: How a *sender* (frontend, CLI) retries a broker or result backend that does not
+#: answer: a few quick tries, then UNAVAILABLE (503, exit 4). Celery's own default
+#: (20 reconnections a second apart, in ``send_task``'s result subscription) held a
+#: request for about 20 s and then raised a bare RuntimeError (a 500).
+SENDER_RETRY_POLICY: dict[str, float] = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+#: Seconds a sender waits for a TCP connection to the broker or result backend
+#: (Celery and kombu wait for the operating system's, about two minutes).
+SENDER_CONNECT_TIMEOUT = 5.0
+
+
+def _sender_bounds(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings that make a sender-only app fail fast when Redis is down. Not for
+    workers: a worker storing a result rides out a Redis restart instead."""
+    broker_options = dict(conf.get("broker_transport_options") or {})
+    backend_options = dict(conf.get("result_backend_transport_options") or {})
+    broker_options.setdefault("socket_connect_timeout", SENDER_CONNECT_TIMEOUT)
+    backend_options["retry_policy"] = dict(SENDER_RETRY_POLICY)
+    return {
+        "broker_transport_options": broker_options,
+        "result_backend_transport_options": backend_options,
+        "broker_connection_timeout": SENDER_CONNECT_TIMEOUT,
+        "redis_socket_connect_timeout": SENDER_CONNECT_TIMEOUT,
+    }
+
+
+@functools.cache
+def _connection_faults() -> tuple[type[BaseException], ...]:
+    """What a send raises when the broker or result backend cannot be reached."""
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return (OperationalError, RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@contextlib.contextmanager
+def _broker_faults(message: str = "the task broker is unreachable") -> Iterator[None]:
+    """Turn a send's or a wait's connection failure into StorageUnavailable (503,
+    exit 4). Celery's result consumer gives up reconnecting with a bare RuntimeError
+    whose cause is the connection error: that one is mapped too, nothing else."""
+    faults = _connection_faults()
+    try:
+        yield
+    except faults as exc:
+        raise StorageUnavailable(message, {"error": str(exc)[:300]}) from exc
+    except RuntimeError as exc:
+        if not isinstance(exc.__cause__, faults):
+            raise
+        raise StorageUnavailable(message, {"error": str(exc.__cause__)[:300]}) from exc
 
 
 def _error_from_result(value: object, task_id: str) -> IngestError:
@@ -430,6 +487,7 @@ class CeleryTaskQueue:
 
         app = Celery("ingest-client", set_as_current=False)
         app.conf.update(client_config(broker_url, result_backend, visibility_timeout, redis_ssl))
+        app.conf.update(_sender_bounds(app.conf))
         return cls(app, **batching)
 
     def enqueue_verify(
@@ -484,8 +542,6 @@ class CeleryTaskQueue:
         )
 
     def _send(self, name: str, **options: Any) -> None:
-        from kombu.exceptions import OperationalError
-
         if self._direct is not None:
             self._direct.publish(
                 QUEUE_VERIFY,
@@ -497,7 +553,7 @@ class CeleryTaskQueue:
                 options["kwargsrepr"],
             )
             return
-        try:
+        with _broker_faults():
             self.app.send_task(
                 name,
                 queue=QUEUE_VERIFY,
@@ -505,15 +561,9 @@ class CeleryTaskQueue:
                 retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5},
                 **options,
             )
-        except OperationalError as exc:
-            raise StorageUnavailable(
-                "the task broker is unreachable", {"error": str(exc)[:300]}
-            ) from exc
 
     def enqueue_prehash(self, upload_id: str) -> None:
-        from kombu.exceptions import OperationalError
-
-        try:
+        with _broker_faults():
             self.app.send_task(
                 TASK_PREHASH,
                 args=(upload_id,),
@@ -521,18 +571,12 @@ class CeleryTaskQueue:
                 queue=QUEUE_PREHASH,
                 retry=False,
             )
-        except OperationalError as exc:
-            raise StorageUnavailable(
-                "the task broker is unreachable", {"error": str(exc)[:300]}
-            ) from exc
 
     def enqueue_notify(self, endpoint: str) -> None:
         """Send ``ingest.notify_deliver(endpoint)`` (:mod:`ingest.notify`): a kick,
         never retried here (the beat sweep kicks again). StorageUnavailable if the
         broker cannot be reached."""
-        from kombu.exceptions import OperationalError
-
-        try:
+        with _broker_faults():
             self.app.send_task(
                 TASK_NOTIFY,
                 args=(endpoint,),
@@ -540,10 +584,6 @@ class CeleryTaskQueue:
                 queue=QUEUE_MAINTENANCE,
                 retry=False,
             )
-        except OperationalError as exc:
-            raise StorageUnavailable(
-                "the task broker is unreachable", {"error": str(exc)[:300]}
-            ) from exc
 
     def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
         with self._awaited():
@@ -558,17 +598,14 @@ class CeleryTaskQueue:
 
         res = self.app.AsyncResult(task_id)
         try:
-            # The Redis backend waits on pub/sub: no polling loop per waiter.
-            value = res.get(timeout=timeout, propagate=False, disable_sync_subtasks=False)
+            with _broker_faults("result backend unreachable"):
+                # The Redis backend waits on pub/sub: no polling loop per waiter.
+                value = res.get(timeout=timeout, propagate=False, disable_sync_subtasks=False)
         except CeleryTimeout:
             raise VerificationTimeout(
                 f"verification not finished after {timeout:g} s",
                 {"task_id": task_id, "state": res.state},
             ) from None
-        except OSError as exc:
-            raise StorageUnavailable(
-                "result backend unreachable", {"error": str(exc)[:300]}
-            ) from exc
         if res.state == "SUCCESS" and isinstance(value, dict):
             return value
         raise _error_from_result(value, task_id)

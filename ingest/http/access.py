@@ -16,6 +16,9 @@ route                                          needs                       actio
 ``DELETE`` blobs, manifests                    ``repository:N:delete``     ``delete``
 ``GET /ingest/v1/uploads/U``, ``POST …/retry`` ``pull,push`` on U's         ``push``
                                                repository
+``POST /ingest/v1/failed-uploads/retry``       an authenticated identity;  ``push``
+                                               acts on the uploads of the
+                                               repositories it may push to
 ``GET /ingest/v1/openapi.json``                nothing                     ``public``
 =============================================  ==========================  =========
 
@@ -28,7 +31,8 @@ route                                          needs                       actio
   without push there is answered exactly as for an unknown upload (404
   ``BLOB_UPLOAD_UNKNOWN``), so upload ids of other repositories reveal nothing. An
   anonymous caller is asked for credentials (401, challenge without a scope) before
-  the lookup, for the same reason.
+  the lookup, for the same reason. The bulk retry acts only on uploads the caller
+  could retry one by one: the others are left out of its answer, as unknown.
 
 Order of the checks, each answered as soon as it fails:
 
@@ -84,6 +88,7 @@ __all__ = [
     "authorize",
     "identity",
     "may_pull",
+    "may_push",
     "origin",
     "required",
 ]
@@ -108,6 +113,7 @@ class Resource(enum.Enum):
     REFERRERS = "referrers"
     UPLOAD_STATUS = "upload-status"  # /ingest/v1/uploads/<id>
     UPLOAD_RETRY = "upload-retry"  # /ingest/v1/uploads/<id>/retry
+    RETRY_FAILED = "retry-failed"  # /ingest/v1/failed-uploads/retry
     PUBLIC = "public"  # /ingest/v1/openapi.json
 
 
@@ -143,6 +149,8 @@ NEEDS: dict[tuple[Resource, str], Need] = {
     (Resource.REFERRERS, "GET"): _PULL,
     (Resource.UPLOAD_STATUS, "GET"): Need("push", PUSH),
     (Resource.UPLOAD_RETRY, "POST"): Need("push", PUSH, write=True),
+    # Per upload, the handler checks push on its repository (may_push).
+    (Resource.RETRY_FAILED, "POST"): Need("push", PUSH, write=True),
     (Resource.PUBLIC, "GET"): Need("public"),
 }
 
@@ -225,6 +233,12 @@ def may_pull(request: Request, repository: str) -> bool:
     """Whether the caller may pull from ``repository`` (a validated name): a
     cross-repository mount needs it on its source."""
     return identity(request).allows(Access("repository", repository, PULL))
+
+
+def may_push(request: Request, repository: str) -> bool:
+    """Whether the caller may push to ``repository`` (a validated name): what the bulk
+    retry asks of each failed upload, as the retry of one upload does."""
+    return identity(request).allows(Access("repository", repository, PUSH))
 
 
 def _policy(request: Request) -> Policy:
@@ -314,7 +328,7 @@ async def authorize(
     # tokens have none), or everyone, with authentication switched off.
     authenticated = header is not None or who.grants is None
 
-    if resource is Resource.BASE or uid is not None:
+    if resource in (Resource.BASE, Resource.RETRY_FAILED) or uid is not None:
         # Anyone authenticated; for an upload, before looking it up (see above).
         if not authenticated:
             return _lacking(request, authenticator, authenticated, ())

@@ -129,6 +129,11 @@ def routes() -> list[Route]:
             Resource.UPLOAD_RETRY,
             {"POST": ingest_api.retry_upload},
         ),
+        _by_method(
+            "/ingest/v1/failed-uploads/retry",
+            Resource.RETRY_FAILED,
+            {"POST": ingest_api.retry_failed},
+        ),
         _by_method("/ingest/v1/openapi.json", Resource.PUBLIC, {"GET": ingest_api.openapi}),
     ]
 
@@ -211,7 +216,12 @@ def create_app(
         auth = backends.authenticator(settings)
     app = Starlette(
         routes=routes(),  # /metrics is on the debug listener (ingest/http/debug.py)
-        middleware=[Middleware(_AccessLog), Middleware(_VersionHeader)],
+        # HTTPMetrics outermost: it times everything the others add.
+        middleware=[
+            Middleware(metrics.HTTPMetrics),
+            Middleware(_AccessLog),
+            Middleware(_VersionHeader),
+        ],
         exception_handlers={
             IngestError: ingest_error,
             HTTPException: http_error,

@@ -3,10 +3,13 @@
 * ``GET  /ingest/v1/uploads/{id}``        state, offset, live progress, result or error
 * ``POST /ingest/v1/uploads/{id}/retry``  re-verify a failed upload; optional body
   ``{"digest": …}`` to verify against a corrected digest
+* ``POST /ingest/v1/failed-uploads/retry`` re-verify every failed upload (after an
+  outage); optional body ``{"since": seconds, "code": "UNAVAILABLE"}``
 * ``GET  /ingest/v1/openapi.json``        this API and the /v2 surface as OpenAPI 3.1
 
 The upload routes need push on the upload's repository; an upload the caller may
-not push to is answered as unknown (:mod:`ingest.http.access`).
+not push to is answered as unknown, and the bulk retry leaves it out
+(:mod:`ingest.http.access`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from ingest.digests import Digest, check_supported, parse_digest
 from ingest.errors import BlobUploadInvalid
+from ingest.http.access import may_push
 from ingest.http.common import content_length, ingest
 from ingest.http.common import upload_id as path_upload_id
 
@@ -59,6 +63,36 @@ async def retry_upload(request: Request) -> Response:
         status_code=202,
         headers={"Location": f"/ingest/v1/uploads/{upload_id}"},
     )
+
+
+async def retry_failed(request: Request) -> Response:
+    content_length(request)
+    raw = await _read_small_body(request, 4096)
+    try:
+        doc = json.loads(raw) if raw.strip() else {}
+    except (ValueError, RecursionError):
+        raise BlobUploadInvalid("body must be JSON", {"reason": "json"}) from None
+    since = doc.get("since") if isinstance(doc, dict) else None
+    code = doc.get("code") if isinstance(doc, dict) else None
+    if (
+        not isinstance(doc, dict)
+        or not (since is None or _positive_number(since))
+        or not (code is None or isinstance(code, str))
+    ):
+        raise BlobUploadInvalid(
+            'body must be {"since": <seconds > 0>, "code": "<error code>"}', {"reason": "json"}
+        )
+    summary = await run_in_threadpool(
+        ingest(request).retry_failed,
+        since=None if since is None else float(since),
+        code=code,
+        allowed=lambda repository: may_push(request, repository),
+    )
+    return JSONResponse(summary.to_dict())
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 def _error_response(description: str) -> dict[str, Any]:
@@ -146,6 +180,51 @@ OPENAPI: dict[str, Any] = {
                         "BLOB_UPLOAD_UNKNOWN: no such upload, or not one the caller may push to"
                     ),
                     "405": _error_response("UNSUPPORTED: the registry is read-only"),
+                },
+            }
+        },
+        "/ingest/v1/failed-uploads/retry": {
+            "post": {
+                "summary": "Re-enqueue every failed verification the caller may retry",
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "since": {
+                                        "type": "number",
+                                        "description": "only failures this many seconds old",
+                                    },
+                                    "code": {
+                                        "type": "string",
+                                        "description": "only failures with this error code",
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "what was re-enqueued, and what could not be",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "queued": {"type": "array", "items": {"type": "object"}},
+                                        "errors": {"type": "array", "items": {"type": "object"}},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": _error_response("BLOB_UPLOAD_INVALID: a malformed body"),
+                    "401": _error_response("UNAUTHORIZED: credentials required"),
+                    "405": _error_response("UNSUPPORTED: the registry is read-only"),
+                    "503": _error_response("UNAVAILABLE: the task broker is unreachable"),
                 },
             }
         },

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -191,7 +193,10 @@ def test_the_readme_walkthrough_push_break_see_and_retry_over_http_only(
     assert ok.returncode == 0, ok.stderr
     assert "upload" in ok.stderr  # the upload progress bar
     assert "verify" in ok.stderr  # then the verification's
-    assert f"committed cli/walk@{sha256(data)}" in ok.stdout
+    assert f"committed cli/walk@{sha256(data)} ({len(data)} bytes), upload " in ok.stdout
+    again = cli("push", str(f), "--repo", "cli/walk")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"skipped cli/walk@{sha256(data)}")
 
     broken = cli("push", str(f), "--repo", "cli/walk", "--digest", sha256(b"typo"))
     assert broken.returncode == 3
@@ -205,3 +210,142 @@ def test_the_readme_walkthrough_push_break_see_and_retry_over_http_only(
     fixed = cli("--json", "retry", upload_id, "--digest", sha256(data))
     assert fixed.returncode == 0, fixed.stderr
     assert json.loads(fixed.stdout)["status"] == "committed"
+
+    back = tmp_path / "back.bin"
+    pulled = cli("pull", "cli/walk", sha256(data), "-o", str(back))
+    assert pulled.returncode == 0, pulled.stderr
+    assert back.read_bytes() == data
+
+
+def run(
+    env: dict[str, str], *args: str, stdin: bytes | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    """The CLI as a user runs it, with ``stdin`` through a pipe (no size to fstat)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ingest.cli", *args],
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def http_only(url: str, tmp_path: Path) -> dict[str, str]:
+    """Only the frontend URL: no Redis or storage reachable from this shell."""
+    return {
+        "INGEST_URL": url,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "INGEST_STORAGE_ROOT": str(tmp_path / "not-the-storage"),
+    }
+
+
+def test_push_from_a_pipe_streams_with_a_bar_of_bytes_and_rate_but_no_total(
+    url: str, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 11)
+    env = http_only(url, tmp_path)
+    piped = run(
+        env, "push", "-", "--repo", "cli/pipe", "--progress", "--chunk-size", "1MiB", stdin=data
+    )
+    assert piped.returncode == 0, piped.stderr.decode()
+    out, err = piped.stdout.decode(), piped.stderr.decode()
+    assert f"committed cli/pipe@{sha256(data)} ({len(data)} bytes), upload " in out
+    upload_id = out.rsplit("upload ", 1)[1].strip()
+    bar = [line for line in re.split(r"[\r\n]+", err) if line.startswith("upload:")]
+    assert bar, err
+    assert re.fullmatch(r"upload: 3\.0 MiB  (?:[\d.]+|--) MiB/s\s*", bar[-1]), bar[-1]
+    assert "ETA" not in err.split("verify:", 1)[0]  # no total, no ETA
+    seen = run(env, "status", upload_id)
+    assert seen.returncode == 0, seen.stderr.decode()
+    fields = dict(line.split(": ", 1) for line in seen.stdout.decode().splitlines())
+    assert fields["state"] == "committed"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", fields["started_at"])
+    # The same bytes from a file: hashed first, found by a HEAD, not sent again.
+    f = tmp_path / "same.bin"
+    f.write_bytes(data)
+    again = run(env, "push", str(f), "--repo", "cli/pipe")
+    assert again.returncode == 0, again.stderr.decode()
+    assert again.stdout.decode().startswith(f"skipped cli/pipe@{sha256(data)}")
+
+
+def test_put_with_the_broker_down_is_exit_4_within_seconds(tmp_path: Path) -> None:
+    f = tmp_path / "blob.bin"
+    f.write_bytes(os.urandom(300_000))
+    env = {
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "INGEST_STORAGE_ROOT": str(tmp_path / "storage"),
+        # Crossing it sends a prehash on the way: the Celery path, not just the LPUSH.
+        "INGEST_PREHASH_MIN_SIZE": "64KiB",
+    }
+    start = time.monotonic()
+    down = run(env, "put", str(f), "--repo", "cli/down", timeout=60)
+    took = time.monotonic() - start
+    err = down.stderr.decode()
+    assert down.returncode == 4, err
+    assert "error: UNAVAILABLE: the task broker is unreachable" in err
+    assert "Traceback" not in err
+    assert took < 10, f"took {took:.1f} s"
+
+
+def test_retry_failed_cancel_and_purge_with_only_INGEST_URL(  # noqa: N802
+    url: str, tmp_path: Path
+) -> None:
+    env = http_only(url, tmp_path)
+    f = tmp_path / "blob.bin"
+    data = os.urandom(200_000)
+    f.write_bytes(data)
+    broken = run(env, "push", str(f), "--repo", "cli/bulk", "--digest", sha256(b"typo"))
+    assert broken.returncode == 3
+    upload_id = broken.stderr.decode().split('"upload_id": "', 1)[1].split('"', 1)[0]
+
+    bulk = run(env, "--json", "retry", "--failed", "--code", "DIGEST_INVALID", "--since", "1h")
+    assert bulk.returncode == 0, bulk.stderr.decode()
+    assert upload_id in [q["upload_id"] for q in json.loads(bulk.stdout)["queued"]]
+    # The frontend really re-queued it: a second attempt, which fails the same way.
+    for _ in range(200):
+        st = json.loads(run(env, "--json", "status", upload_id).stdout)
+        if st["attempt"] == 2 and st["state"] == "failed":
+            break
+        time.sleep(0.05)
+    assert (st["attempt"], st["state"]) == (2, "failed"), st
+    human = run(env, "retry", "--failed", "--code", "NO_SUCH_CODE")
+    assert human.stdout.decode().startswith(f"re-queued 0 failed verification(s) ({url})")
+
+    cancelled = run(env, "cancel", upload_id)
+    assert cancelled.returncode == 0, cancelled.stderr.decode()
+    gone = run(env, "status", upload_id)
+    assert gone.returncode == 3
+    assert "BLOB_UPLOAD_UNKNOWN" in gone.stderr.decode()
+
+    for command in ("purge", "reconcile"):
+        refused = run(env, command)
+        assert refused.returncode == 2
+        assert "has no HTTP form" in refused.stderr.decode()
+
+
+def test_pull_verifies_while_downloading_and_keeps_nothing_of_a_mismatch(
+    shared_stack: Stack, url: str, tmp_path: Path
+) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    f = tmp_path / "blob.bin"
+    f.write_bytes(data)
+    env = http_only(url, tmp_path)
+    assert run(env, "push", str(f), "--repo", "cli/pull").returncode == 0
+    out = tmp_path / "pulled" / "blob.bin"
+    out.parent.mkdir()
+    ok = run(env, "pull", "cli/pull", sha256(data), "-o", str(out))
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert out.read_bytes() == data
+
+    # Rot on disk: the registry now serves other bytes under the same digest.
+    hexdigest = sha256(data).split(":", 1)[1]
+    stored = shared_stack.storage / "blobs" / "sha256" / hexdigest[:2] / hexdigest / "data"
+    stored.chmod(0o640)
+    with stored.open("r+b") as blob:
+        blob.write(bytes([data[0] ^ 0xFF]))
+    out.unlink()
+    bad = run(env, "pull", "cli/pull", sha256(data), "-o", str(out))
+    assert bad.returncode == 3
+    assert "DIGEST_INVALID" in bad.stderr.decode()
+    assert list(out.parent.iterdir()) == []  # neither the file nor a partial one

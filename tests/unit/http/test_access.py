@@ -119,6 +119,7 @@ SCOPED_ROUTES = [
     ("GET", "/v2/", None),
     ("GET", f"/ingest/v1/uploads/{UID}", None),
     ("POST", f"/ingest/v1/uploads/{UID}/retry", None),
+    ("POST", "/ingest/v1/failed-uploads/retry", None),
 ]
 
 
@@ -416,6 +417,7 @@ def test_read_only_refuses_every_write_and_serves_every_pull(
         ("DELETE", f"/v2/{A}/manifests/v1", None),
         ("DELETE", f"/v2/{A}/blobs/{d}", None),
         ("POST", f"/ingest/v1/uploads/{failed_id}/retry", None),
+        ("POST", "/ingest/v1/failed-uploads/retry", None),
     ]
     for method, path, body in writes:
         r = env.client.request(method, path, content=body, headers=ADMIN)
@@ -492,6 +494,27 @@ def test_the_ingest_api_status_of_ones_own_upload(bearer: Env) -> None:
     assert r.status_code == 200
     assert r.json()["repository"] == A
     assert r.json()["state"] == "failed"
+
+
+def test_the_bulk_retry_acts_only_on_uploads_the_caller_may_push_to(bearer: Env) -> None:
+    mine = _failed_upload(bearer, A, _h("Bearer push-a"))
+    theirs = _failed_upload(bearer, B, _h("Bearer push-b"))
+
+    def bulk(token: str) -> list[str]:
+        r = bearer.client.post("/ingest/v1/failed-uploads/retry", headers=_h(token))
+        assert r.status_code == 200, r.text
+        assert r.json()["errors"] == []
+        return [q["upload_id"] for q in r.json()["queued"]]
+
+    # Pull on B is not push: B's upload is neither retried nor reported.
+    assert bulk("Bearer push-a-pull-b") == [mine]
+    assert bulk("Bearer pull-a") == []  # pull alone retries nothing
+    assert bulk("Bearer push-b") == [theirs]
+    assert [c.upload_id for c in bearer.queue.calls] == [mine, theirs, mine, theirs]
+    anonymous = bearer.client.post("/ingest/v1/failed-uploads/retry")
+    assert_error(anonymous, 401, "UNAUTHORIZED")
+    assert anonymous.headers["www-authenticate"] == _challenge()
+    assert len(bearer.queue.calls) == 4
 
 
 # -- the audit line --------------------------------------------------------------------

@@ -227,6 +227,55 @@ def test_retry_with_a_malformed_content_length_is_size_invalid_and_queues_nothin
     assert len(env.queue.calls) == 1  # only the original, failed attempt
 
 
+# -- bulk retry ------------------------------------------------------------------------
+
+
+def test_bulk_retry_requeues_every_failed_upload_and_nothing_else(env: Env) -> None:
+    _, first = _failed_upload(env)
+    _, second = _failed_upload(env)
+    env.start(REPO)  # open
+    env.push_blob(REPO, b"committed")
+    r = env.client.post("/ingest/v1/failed-uploads/retry")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["errors"] == []
+    assert sorted(q["upload_id"] for q in doc["queued"]) == sorted([first, second])
+    for q in doc["queued"]:
+        assert env.queue.call(q["task_id"]).upload_id == q["upload_id"]
+        assert _status(env, q["upload_id"])["state"] == "finishing"
+
+
+def test_bulk_retry_filters_by_code_and_age(env: Env) -> None:
+    _, upload_id = _failed_upload(env)
+    calls = len(env.queue.calls)
+    r = env.client.post("/ingest/v1/failed-uploads/retry", json={"code": "UNAVAILABLE"})
+    assert r.json() == {"queued": [], "errors": []}
+    r = env.client.post(
+        "/ingest/v1/failed-uploads/retry", json={"code": "DIGEST_INVALID", "since": 3600}
+    )
+    assert [q["upload_id"] for q in r.json()["queued"]] == [upload_id]
+    assert len(env.queue.calls) == calls + 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[1]",
+        b'{"since": -1}',
+        b'{"since": "2h"}',
+        b'{"since": true}',
+        b'{"code": 5}',
+    ],
+)
+def test_bulk_retry_with_a_bad_body_queues_nothing(env: Env, body: bytes) -> None:
+    _, upload_id = _failed_upload(env)
+    r = env.client.post("/ingest/v1/failed-uploads/retry", content=body)
+    assert_error(r, 400, "BLOB_UPLOAD_INVALID")
+    assert _status(env, upload_id)["state"] == "failed"
+    assert len(env.queue.calls) == 1
+
+
 # -- OpenAPI ---------------------------------------------------------------------------
 
 
