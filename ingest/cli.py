@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar, cast
 import click
 
 if TYPE_CHECKING:
+    from ingest.client import Credentials
     from ingest.http.server import ConnectionLimits, DebugListener
 
 from ingest.config import ConfigError, Settings, mask_url, parse_duration
@@ -284,6 +285,65 @@ _FRONTEND_URL = click.option(
 )
 
 
+#: Who the HTTP commands authenticate as when the frontend asks. No --password: a
+#: password on the command line shows in ps and the shell's history.
+_USERNAME = click.option(
+    "--username",
+    "-u",
+    envvar="INGEST_USERNAME",
+    help="User name for the frontend (or its token server) [INGEST_USERNAME].",
+)
+_PASSWORD_STDIN = click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from standard input (else INGEST_PASSWORD).",
+)
+#: The most of standard input --password-stdin reads.
+MAX_PASSWORD = 4096
+
+
+def _credentials(
+    username: str | None, password_stdin: bool, *, stdin_busy: bool = False
+) -> Credentials | None:
+    """The credentials of an HTTP command: the user name of --username or
+    INGEST_USERNAME, the password from standard input (--password-stdin) or
+    INGEST_PASSWORD; None for neither. Given half of them, a usage error."""
+    from ingest.client import Credentials
+
+    username = username or None
+    if password_stdin:
+        if stdin_busy:
+            raise click.UsageError(
+                "--password-stdin: standard input is the blob to push; set INGEST_PASSWORD"
+            )
+        if username is None:
+            raise click.UsageError("--password-stdin needs --username (or INGEST_USERNAME)")
+        raw = sys.stdin.buffer.read(MAX_PASSWORD + 1)
+        if len(raw) > MAX_PASSWORD:
+            raise click.UsageError(f"--password-stdin: more than {MAX_PASSWORD} bytes")
+        try:
+            # As docker login does: one trailing line end is not part of the password.
+            password: str | None = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+        except UnicodeDecodeError:
+            raise click.UsageError("--password-stdin: the password is not UTF-8") from None
+        if not password:
+            raise click.UsageError("--password-stdin: standard input held no password")
+    else:
+        password = os.environ.get("INGEST_PASSWORD") or None
+    if username is None and password is None:
+        return None
+    if username is None:
+        raise click.UsageError("INGEST_PASSWORD is set but no user name: give --username")
+    if password is None:
+        raise click.UsageError(
+            "--username needs a password: pipe it to --password-stdin or set INGEST_PASSWORD"
+        )
+    try:
+        return Credentials(username, password)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--username") from None
+
+
 @cli.command()
 @click.argument("file", type=click.File("rb"))
 @click.option("--repo", "repository", help="Repository (default: uploads/<file name>).")
@@ -295,6 +355,8 @@ _FRONTEND_URL = click.option(
 )
 @click.option("--chunk-size", type=str, default="16MiB", show_default=True)
 @_FRONTEND_URL
+@_USERNAME
+@_PASSWORD_STDIN
 @click.option("--timeout", type=float, default=600.0, show_default=True)
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a TTY)."
@@ -309,6 +371,8 @@ def push(
     tarsum: str | None,
     chunk_size: str,
     url: str,
+    username: str | None,
+    password_stdin: bool,
     timeout: float,
     progress: bool | None,
 ) -> None:
@@ -332,6 +396,8 @@ def push(
         raise click.BadParameter(str(exc), param_hint="--chunk-size") from None
     if chunk <= 0:
         raise click.BadParameter("must be more than 0 bytes", param_hint="--chunk-size")
+    stdin_busy = file is getattr(sys.stdin, "buffer", None)  # FILE '-' (click's stdin)
+    creds = _credentials(username, password_stdin, stdin_busy=stdin_busy)
     repo = repository or _default_repository(file)
     size = _size_of(file)
     quiet = not progress if progress is not None else (obj.as_json or not sys.stderr.isatty())
@@ -342,7 +408,7 @@ def push(
             # skopeo and oras do. A pipe cannot be read twice: it is hashed on the way.
             digest = compute_digest(cast(BinaryIO, file), label, bars.advance("digest", size))
             file.seek(0)
-        with RegistryClient(url) as client:
+        with RegistryClient(url, credentials=creds) as client:
             result = client.push(
                 repo,
                 cast(BinaryIO, file),
@@ -376,13 +442,22 @@ def push(
     help="File to write; replaced only once the download matched DIGEST.",
 )
 @_FRONTEND_URL
+@_USERNAME
+@_PASSWORD_STDIN
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a TTY)."
 )
 @pass_ctx
 @reports_errors
 def pull(
-    obj: Context, repository: str, digest: str, output: str, url: str, progress: bool | None
+    obj: Context,
+    repository: str,
+    digest: str,
+    output: str,
+    url: str,
+    username: str | None,
+    password_stdin: bool,
+    progress: bool | None,
 ) -> None:
     """Download REPOSITORY's blob DIGEST to a file, verifying the digest as it streams.
 
@@ -393,6 +468,7 @@ def pull(
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise click.BadParameter(f"no directory {folder}", param_hint="--output")
+    creds = _credentials(username, password_stdin)
     quiet = not progress if progress is not None else (obj.as_json or not sys.stderr.isatty())
     bars = _Progress(quiet)
 
@@ -400,7 +476,7 @@ def pull(
         bars.bar("download", size)  # its total (for the ETA) once the registry says it
 
     try:
-        with RegistryClient(url) as client:
+        with RegistryClient(url, credentials=creds) as client:
             result = client.pull(
                 repository,
                 digest,
@@ -436,14 +512,18 @@ _URL_OPTION = click.option(
 @cli.command()
 @click.argument("upload_id")
 @_URL_OPTION
+@_USERNAME
+@_PASSWORD_STDIN
 @pass_ctx
 @reports_errors
-def status(obj: Context, upload_id: str, url: str | None) -> None:
+def status(
+    obj: Context, upload_id: str, url: str | None, username: str | None, password_stdin: bool
+) -> None:
     """Show an upload's state, progress and outcome."""
     if url:
         from ingest.client import RegistryClient
 
-        with RegistryClient(url) as client:
+        with RegistryClient(url, credentials=_credentials(username, password_stdin)) as client:
             st = client.status(upload_id)
     else:
         st = obj.local("status").status(upload_id).to_dict()
@@ -485,6 +565,8 @@ def _with_iso_times(doc: dict[str, Any]) -> dict[str, Any]:
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.option("--timeout", type=float, default=300.0, show_default=True)
 @_URL_OPTION
+@_USERNAME
+@_PASSWORD_STDIN
 @pass_ctx
 @reports_errors
 def retry(
@@ -497,20 +579,23 @@ def retry(
     wait: bool,
     timeout: float,
     url: str | None,
+    username: str | None,
+    password_stdin: bool,
 ) -> None:
     """Re-enqueue the failed verification of UPLOAD_ID, or of every failed upload."""
     if all_failed == bool(upload_id):
         raise click.UsageError("give either UPLOAD_ID or --failed")
     if not all_failed and (since is not None or code is not None):
         raise click.UsageError("--since and --code go with --failed")
+    creds = _credentials(username, password_stdin) if url else None
     if all_failed:
-        _retry_failed(obj, since, code, url)
+        _retry_failed(obj, since, code, url, creds)
         return
     assert upload_id is not None
     if url:
         from ingest.client import RegistryClient
 
-        with RegistryClient(url) as client:
+        with RegistryClient(url, credentials=creds) as client:
             task_id = client.retry(upload_id, digest)
             if not wait:
                 obj.emit({"upload_id": upload_id, "task_id": task_id}, f"queued {task_id}")
@@ -526,13 +611,19 @@ def retry(
     obj.emit(result, _committed(result))
 
 
-def _retry_failed(obj: Context, since: float | None, code: str | None, url: str | None) -> None:
+def _retry_failed(
+    obj: Context,
+    since: float | None,
+    code: str | None,
+    url: str | None,
+    creds: Credentials | None,
+) -> None:
     """Over HTTP with a URL (the frontend re-queues what the caller may push to), else
     on the storage and broker directly."""
     if url:
         from ingest.client import RegistryClient
 
-        with RegistryClient(url) as client:
+        with RegistryClient(url, credentials=creds) as client:
             summary = client.retry_failed(since=since, code=code)
         where = mask_url(url)
     else:
@@ -549,14 +640,18 @@ def _retry_failed(obj: Context, since: float | None, code: str | None, url: str 
 @cli.command()
 @click.argument("upload_id")
 @_URL_OPTION
+@_USERNAME
+@_PASSWORD_STDIN
 @pass_ctx
 @reports_errors
-def cancel(obj: Context, upload_id: str, url: str | None) -> None:
+def cancel(
+    obj: Context, upload_id: str, url: str | None, username: str | None, password_stdin: bool
+) -> None:
     """Discard an upload and its staged bytes."""
     if url:
         from ingest.client import RegistryClient
 
-        with RegistryClient(url) as client:
+        with RegistryClient(url, credentials=_credentials(username, password_stdin)) as client:
             client.cancel(upload_id)
     else:
         obj.local("cancel").cancel(upload_id)

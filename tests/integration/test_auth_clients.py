@@ -7,10 +7,11 @@ One stack (Redis database, a worker, the frontend) per mode, for the whole modul
 * ``token``: Bearer JWTs of the Docker token protocol, from the small issuer in
   ``tests/support/token_server.py``; its users' grants decide what a token carries.
 
-skopeo and oras-py push and pull with credentials in both modes; the refusals (wrong
-password, expired / foreign / under-scoped token, a mount without pull on ``from``,
-deletes switched off, the catalog without its scope, anonymous requests) are checked
-with httpx: status, OCI error code and the ``WWW-Authenticate`` challenge.
+skopeo, oras-py and the ``ingest`` CLI push and pull with credentials in both modes;
+the refusals (wrong password, expired / foreign / under-scoped token, a mount without
+pull on ``from``, deletes switched off, the catalog without its scope, anonymous
+requests) are checked with httpx: status, OCI error code and the
+``WWW-Authenticate`` challenge.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import importlib
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +34,7 @@ import httpx
 import pytest
 
 from devtools.devstack import write_htpasswd
+from devtools.localredis import free_port
 from tests.integration.conftest import Stack
 from tests.integration.test_http_clients import (
     OCI_MANIFEST,
@@ -572,3 +577,200 @@ def test_a_mount_needs_pull_on_the_source_repository(token_registry: Registry) -
         assert got.status_code == 200
         assert got.content == data
     assert hashlib.sha256(data).hexdigest() == digest[7:]
+
+
+# -- the ingest CLI ------------------------------------------------------------------------
+
+
+def ingest_cli(
+    reg: Registry,
+    tmp_path: Path,
+    *args: str,
+    creds: tuple[str, str] | None = None,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """``ingest ARGS`` as a user runs it against ``reg``: the frontend's URL in
+    INGEST_URL (no Redis or storage reachable), ``creds`` (user, password) in
+    INGEST_USERNAME and INGEST_PASSWORD when given (and none from this shell)."""
+    user, password = creds or ("", "")
+    env = {
+        **os.environ,
+        "INGEST_URL": reg.url,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "INGEST_STORAGE_ROOT": str(tmp_path / "not-the-storage"),
+        "INGEST_USERNAME": user,
+        "INGEST_PASSWORD": password,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "ingest.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _upload_id(run: subprocess.CompletedProcess[bytes]) -> str:
+    return run.stderr.decode().split('"upload_id": "', 1)[1].split('"', 1)[0]
+
+
+def test_the_cli_pushes_pulls_retries_and_cancels_with_basic_credentials(
+    htpasswd_registry: Registry, tmp_path: Path
+) -> None:
+    reg = htpasswd_registry
+    alice = ("alice", PASSWORDS["alice"])
+    data = os.urandom(1024 * 1024 + 17)
+    f = tmp_path / "blob.bin"
+    f.write_bytes(data)
+    chunks = ("--chunk-size", "256KiB")  # five PATCHes, each sent with the credentials
+    pushed = ingest_cli(reg, tmp_path, "push", str(f), "--repo", "auth/cli", *chunks, creds=alice)
+    assert pushed.returncode == 0, pushed.stderr.decode()
+    assert f"committed auth/cli@{sha256(data)}" in pushed.stdout.decode()
+    # A pipe: no HEAD, the POST meets the challenge, then the PATCHes stream.
+    piped = ingest_cli(
+        reg, tmp_path, "push", "-", "--repo", "auth/cli-pipe", *chunks, stdin=data, creds=alice
+    )
+    assert piped.returncode == 0, piped.stderr.decode()
+    assert f"committed auth/cli-pipe@{sha256(data)}" in piped.stdout.decode()
+
+    back = tmp_path / "back.bin"
+    pulled = ingest_cli(
+        reg,
+        tmp_path,
+        *("pull", "auth/cli", sha256(data), "-o", str(back), "-u", "alice", "--password-stdin"),
+        stdin=f"{PASSWORDS['alice']}\n".encode(),
+    )
+    assert pulled.returncode == 0, pulled.stderr.decode()
+    assert back.read_bytes() == data
+
+    broken = ingest_cli(
+        reg,
+        tmp_path,
+        "push",
+        str(f),
+        "--repo",
+        "auth/cli",
+        "--digest",
+        sha256(b"typo"),
+        creds=alice,
+    )
+    assert broken.returncode == 3, broken.stderr.decode()
+    assert "DIGEST_INVALID" in broken.stderr.decode()
+    upload_id = _upload_id(broken)
+    seen = ingest_cli(reg, tmp_path, "--json", "status", upload_id, creds=alice)
+    assert seen.returncode == 0, seen.stderr.decode()
+    assert json.loads(seen.stdout)["error"]["code"] == "DIGEST_INVALID"
+
+    bulk = ingest_cli(
+        reg, tmp_path, "--json", "retry", "--failed", "--code", "DIGEST_INVALID", creds=alice
+    )
+    assert bulk.returncode == 0, bulk.stderr.decode()
+    assert upload_id in [q["upload_id"] for q in json.loads(bulk.stdout)["queued"]]
+    for _ in range(200):  # the re-queued verification fails the same way
+        st = json.loads(
+            ingest_cli(reg, tmp_path, "--json", "status", upload_id, creds=alice).stdout
+        )
+        if (st["attempt"], st["state"]) == (2, "failed"):
+            break
+        time.sleep(0.05)
+    assert (st["attempt"], st["state"]) == (2, "failed"), st
+    fixed = ingest_cli(
+        reg, tmp_path, "--json", "retry", upload_id, "--digest", sha256(data), creds=alice
+    )
+    assert fixed.returncode == 0, fixed.stderr.decode()
+    assert json.loads(fixed.stdout)["status"] == "committed"
+
+    again = ingest_cli(
+        reg, tmp_path, "push", str(f), "--repo", "auth/cli", "--digest", sha256(b"x"), creds=alice
+    )
+    assert again.returncode == 3
+    cancelled = ingest_cli(reg, tmp_path, "cancel", _upload_id(again), creds=alice)
+    assert cancelled.returncode == 0, cancelled.stderr.decode()
+
+
+def test_the_cli_with_a_wrong_password_or_none_is_exit_3_unauthorized(
+    registry: Registry, tmp_path: Path
+) -> None:
+    f = tmp_path / "blob.bin"
+    f.write_bytes(os.urandom(100_000))
+    push = ("push", str(f), "--repo", "auth/cli-refused")
+    wrong = ingest_cli(registry, tmp_path, *push, creds=("alice", "not-her-pw"))
+    assert wrong.returncode == 3, wrong.stderr.decode()
+    assert "error: UNAUTHORIZED: " in wrong.stderr.decode()
+    assert b"not-her-pw" not in wrong.stdout + wrong.stderr
+    assert b"Traceback" not in wrong.stderr
+    anonymous = ingest_cli(registry, tmp_path, *push)
+    assert anonymous.returncode == 3, anonymous.stderr.decode()
+    assert "error: UNAUTHORIZED: " in anonymous.stderr.decode()
+    assert "no credentials were given" in anonymous.stderr.decode()
+    if registry.mode == "htpasswd":
+        for args in (("status", "0b6f3c1e-8a44-4d7e-9c55-3f1a2b4c5d6e"), ("retry", "--failed")):
+            refused = ingest_cli(registry, tmp_path, *args)
+            assert refused.returncode == 3, refused.stderr.decode()
+            assert "UNAUTHORIZED" in refused.stderr.decode()
+    with registry.client("alice", "repository:auth/cli-refused:pull") as alice:
+        assert alice.get("/v2/auth/cli-refused/tags/list").status_code == 404  # nothing landed
+
+
+def test_the_cli_pushes_and_pulls_with_a_token_it_reuses(
+    token_registry: Registry, tmp_path: Path
+) -> None:
+    reg = token_registry
+    assert reg.tokens is not None
+    data = os.urandom(1024 * 1024 + 5)
+    f = tmp_path / "blob.bin"
+    f.write_bytes(data)
+    scope = "repository:auth/cli-token:pull,push"
+
+    since = len(reg.tokens.requests)
+    pushed = ingest_cli(
+        reg,
+        tmp_path,
+        *("push", str(f), "--repo", "auth/cli-token", "--chunk-size", "256KiB"),
+        creds=("alice", PASSWORDS["alice"]),
+    )
+    assert pushed.returncode == 0, pushed.stderr.decode()
+    assert f"committed auth/cli-token@{sha256(data)}" in pushed.stdout.decode()
+    # A HEAD, a POST, five PATCHes, the PUT and the status polls: one token, asked for
+    # push from the first challenge on (the HEAD's names pull only).
+    asked = reg.tokens.requests[since:]
+    assert [(r.method, r.authorization, r.user, r.account, r.scopes, r.granted) for r in asked] == [
+        ("GET", "Basic", "alice", "alice", (scope,), (scope,))
+    ]
+
+    since = len(reg.tokens.requests)
+    piped = ingest_cli(
+        reg,
+        tmp_path,
+        *("push", "-", "--repo", "auth/cli-token", "--chunk-size", "256KiB"),
+        creds=("alice", PASSWORDS["alice"]),
+        stdin=data[::-1],
+    )
+    assert piped.returncode == 0, piped.stderr.decode()
+    assert [r.scopes for r in reg.tokens.requests[since:]] == [(scope,)]
+
+    since = len(reg.tokens.requests)
+    back = tmp_path / "back.bin"
+    pulled = ingest_cli(  # bob may only pull
+        reg,
+        tmp_path,
+        *("pull", "auth/cli-token", sha256(data), "-o", str(back), "-u", "bob"),
+        "--password-stdin",
+        stdin=PASSWORDS["bob"].encode(),
+    )
+    assert pulled.returncode == 0, pulled.stderr.decode()
+    assert back.read_bytes() == data
+    pull_scope = "repository:auth/cli-token:pull"
+    assert [(r.user, r.scopes, r.granted) for r in reg.tokens.requests[since:]] == [
+        ("bob", (pull_scope,), (pull_scope,))
+    ]
+
+    refused = ingest_cli(
+        reg,
+        tmp_path,
+        *("push", str(f), "--repo", "auth/cli-token-bob"),
+        creds=("bob", PASSWORDS["bob"]),
+    )
+    assert refused.returncode == 3, refused.stderr.decode()
+    assert "error: UNAUTHORIZED: the token does not grant" in refused.stderr.decode()
