@@ -19,16 +19,26 @@ import stat
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar, cast
 
 import click
 
 if TYPE_CHECKING:
-    from ingest.client import Credentials
+    from collections.abc import Iterator, Sequence
+
+    from ingest.client import Credentials, RegistryClient
     from ingest.http.server import ConnectionLimits, DebugListener
 
 from ingest.config import ConfigError, Settings, mask_url, parse_duration
-from ingest.errors import EXIT_USAGE, ArgumentInvalid, IngestError
+from ingest.errors import (
+    EXIT_USAGE,
+    ArgumentInvalid,
+    BlobUploadUnknown,
+    IngestError,
+    NameInvalid,
+    Unauthorized,
+)
 from ingest.queue import WORKER_QUEUES
 
 P = ParamSpec("P")
@@ -112,6 +122,8 @@ def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
                 click.echo(json.dumps({"error": exc.to_dict()}, sort_keys=True))
             detail = f" {json.dumps(exc.detail, sort_keys=True)}" if exc.detail else ""
             click.echo(f"error: {exc.code}: {exc.message}{detail}", err=True)
+            for note in getattr(exc, "__notes__", ()):  # what to do about it (add_note)
+                click.echo(f"hint: {note}", err=True)
             # An argument out of its safe range (purge --older-than 0s) is a usage error.
             ctx.exit(EXIT_USAGE if isinstance(exc, ArgumentInvalid) else exc.exit_code)
             raise AssertionError("unreachable") from exc
@@ -509,21 +521,82 @@ _URL_OPTION = click.option(
 )
 
 
+def _repository_names(
+    ctx: click.Context, param: click.Parameter, value: str | Sequence[str] | None
+) -> tuple[str, ...]:
+    """--repo as a tuple of valid repository names (one goes into a token scope)."""
+    from ingest.names import validate_name
+
+    names = (value,) if isinstance(value, str) else tuple(value or ())
+    try:
+        return tuple(validate_name(name) for name in names)
+    except NameInvalid as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+_REPO_HELP = (
+    "The upload's repository: the frontend's token is asked to cover it (token mode: "
+    "the ingest API's challenge names none, so as not to reveal an upload's). Needs --url."
+)
+#: --repo of the commands that act on one upload.
+_UPLOAD_REPO = click.option(
+    "--repo", "repositories", callback=_repository_names, metavar="REPOSITORY", help=_REPO_HELP
+)
+#: The hint that goes with a refusal a token for no repository explains.
+REPO_HINT = (
+    "in token mode, pass --repo REPOSITORY so the token covers it (the frontend's challenge "
+    "names no repository: it does not reveal an upload's)"
+)
+
+
+def _http_only(repositories: Sequence[str], url: str | None) -> None:
+    """Refuse --repo without a frontend: it scopes the frontend's token, and is no
+    filter of the storage (there, retry --failed would re-queue every repository's)."""
+    if repositories and not url:
+        raise click.UsageError(
+            "--repo scopes the frontend's token: give the frontend with --url or INGEST_URL"
+        )
+
+
+@contextmanager
+def _frontend(
+    url: str, creds: Credentials | None, repositories: Sequence[str]
+) -> Iterator[RegistryClient]:
+    """A client of the frontend at ``url`` whose tokens cover ``repositories``. Without
+    any, a refusal (BLOB_UPLOAD_UNKNOWN, 401) after a challenge naming no scope gets
+    :data:`REPO_HINT`: the token was for nothing, the upload may well exist."""
+    from ingest.client import RegistryClient
+
+    with RegistryClient(url, credentials=creds, repositories=repositories) as client:
+        try:
+            yield client
+        except (BlobUploadUnknown, Unauthorized) as exc:
+            if not repositories and client.unscoped_challenge:
+                exc.add_note(REPO_HINT)
+            raise
+
+
 @cli.command()
 @click.argument("upload_id")
 @_URL_OPTION
+@_UPLOAD_REPO
 @_USERNAME
 @_PASSWORD_STDIN
 @pass_ctx
 @reports_errors
 def status(
-    obj: Context, upload_id: str, url: str | None, username: str | None, password_stdin: bool
+    obj: Context,
+    upload_id: str,
+    url: str | None,
+    repositories: tuple[str, ...],
+    username: str | None,
+    password_stdin: bool,
 ) -> None:
     """Show an upload's state, progress and outcome."""
+    _http_only(repositories, url)
     if url:
-        from ingest.client import RegistryClient
-
-        with RegistryClient(url, credentials=_credentials(username, password_stdin)) as client:
+        creds = _credentials(username, password_stdin)
+        with _frontend(url, creds, repositories) as client:
             st = client.status(upload_id)
     else:
         st = obj.local("status").status(upload_id).to_dict()
@@ -565,6 +638,14 @@ def _with_iso_times(doc: dict[str, Any]) -> dict[str, Any]:
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.option("--timeout", type=float, default=300.0, show_default=True)
 @_URL_OPTION
+@click.option(
+    "--repo",
+    "repositories",
+    multiple=True,
+    callback=_repository_names,
+    metavar="REPOSITORY",
+    help=_REPO_HELP + " With --failed, repeat it for each repository to retry in.",
+)
 @_USERNAME
 @_PASSWORD_STDIN
 @pass_ctx
@@ -579,6 +660,7 @@ def retry(
     wait: bool,
     timeout: float,
     url: str | None,
+    repositories: tuple[str, ...],
     username: str | None,
     password_stdin: bool,
 ) -> None:
@@ -587,15 +669,14 @@ def retry(
         raise click.UsageError("give either UPLOAD_ID or --failed")
     if not all_failed and (since is not None or code is not None):
         raise click.UsageError("--since and --code go with --failed")
+    _http_only(repositories, url)
     creds = _credentials(username, password_stdin) if url else None
     if all_failed:
-        _retry_failed(obj, since, code, url, creds)
+        _retry_failed(obj, since, code, url, creds, repositories)
         return
     assert upload_id is not None
     if url:
-        from ingest.client import RegistryClient
-
-        with RegistryClient(url, credentials=creds) as client:
+        with _frontend(url, creds, repositories) as client:
             task_id = client.retry(upload_id, digest)
             if not wait:
                 obj.emit({"upload_id": upload_id, "task_id": task_id}, f"queued {task_id}")
@@ -617,14 +698,17 @@ def _retry_failed(
     code: str | None,
     url: str | None,
     creds: Credentials | None,
+    repositories: Sequence[str],
 ) -> None:
-    """Over HTTP with a URL (the frontend re-queues what the caller may push to), else
-    on the storage and broker directly."""
+    """Over HTTP with a URL (the frontend re-queues what the caller may push to: in
+    token mode, what the token grants push on, so ``repositories``), else on the
+    storage and broker directly."""
+    hint = False
     if url:
-        from ingest.client import RegistryClient
-
-        with RegistryClient(url, credentials=creds) as client:
+        with _frontend(url, creds, repositories) as client:
             summary = client.retry_failed(since=since, code=code)
+            # A token for no repository retries nothing, and that is no error.
+            hint = not repositories and client.unscoped_challenge
         where = mask_url(url)
     else:
         summary = obj.local("retry").retry_failed(since=since, code=code).to_dict()
@@ -635,23 +719,35 @@ def _retry_failed(
     lines += [f"  {q['upload_id']} task {q['task_id']}" for q in queued]
     lines += [f"  {e['upload_id']} not retried: {e['error']['code']}" for e in errors]
     obj.emit({"queued": queued, "errors": errors}, "\n".join(lines))
+    if hint and not queued and not errors:
+        click.echo(
+            "hint: nothing was re-queued: in token mode, pass --repo REPOSITORY (once per "
+            "repository) so the token covers them",
+            err=True,
+        )
 
 
 @cli.command()
 @click.argument("upload_id")
 @_URL_OPTION
+@_UPLOAD_REPO
 @_USERNAME
 @_PASSWORD_STDIN
 @pass_ctx
 @reports_errors
 def cancel(
-    obj: Context, upload_id: str, url: str | None, username: str | None, password_stdin: bool
+    obj: Context,
+    upload_id: str,
+    url: str | None,
+    repositories: tuple[str, ...],
+    username: str | None,
+    password_stdin: bool,
 ) -> None:
     """Discard an upload and its staged bytes."""
+    _http_only(repositories, url)
     if url:
-        from ingest.client import RegistryClient
-
-        with RegistryClient(url, credentials=_credentials(username, password_stdin)) as client:
+        creds = _credentials(username, password_stdin)
+        with _frontend(url, creds, repositories) as client:
             client.cancel(upload_id)
     else:
         obj.local("cancel").cancel(upload_id)

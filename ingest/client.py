@@ -22,6 +22,12 @@ out with what the POST before it got (for a push the token is asked for with
 ``pull,push`` on the repository from the first challenge on). Credentials and tokens
 are never logged nor put in an error.
 
+The ingest API (status, retry, cancel by upload id) challenges without a scope: naming
+the upload's repository would reveal it to anyone holding the id. A token fetched for
+that challenge alone grants nothing there, so a client made with ``repositories`` asks
+every token for ``pull,push`` on them too, and :attr:`RegistryClient.unscoped_challenge`
+tells a caller that a refusal may just be such a token.
+
 Errors come back as the shared taxonomy (``DIGEST_INVALID``, ``UNAUTHORIZED``...)
 or, when the service cannot be reached, as ``StorageUnavailable``.
 """
@@ -56,6 +62,7 @@ from ingest.errors import (
     VerificationTimeout,
     from_dict,
 )
+from ingest.names import validate_name
 
 __all__ = ["SLICE", "Credentials", "RegistryClient", "compute_digest"]
 
@@ -217,15 +224,18 @@ class RegistryClient:
 
     ``credentials``: whom to authenticate as when the frontend asks (see the module
     docstring); without them requests are anonymous, and a token is asked for
-    anonymously. ``transport``: an httpx transport to use instead of the network
-    (tests; the token server is reached through it too). ``clock``: for token
-    lifetimes. One client serves one thread at a time."""
+    anonymously. ``repositories``: every token is asked for ``pull,push`` on these
+    too (valid names, else NameInvalid), for the ingest API, whose challenge names no
+    scope. ``transport``: an httpx transport to use instead of the network (tests;
+    the token server is reached through it too). ``clock``: for token lifetimes. One
+    client serves one thread at a time."""
 
     def __init__(
         self,
         base_url: str,
         *,
         credentials: Credentials | None = None,
+        repositories: Iterable[str] = (),
         timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -239,10 +249,22 @@ class RegistryClient:
         self._basic = False  # the frontend asked for Basic: send it with every request
         self._tokens: list[_Token] = []  # newest last
         self._token: _Token | None = None  # sent with every request until a 401 says other
-        self._wanted: tuple[str, ...] = ()  # scopes the operation under way will need
+        # Scopes the operation under way will need: those of ``repositories`` always.
+        self._wanted: tuple[str, ...] = _merge_scopes(
+            f"repository:{validate_name(name)}:pull,push" for name in repositories
+        )
+        self._unscoped = False  # see unscoped_challenge
 
     def close(self) -> None:
         self._http.close()
+
+    @property
+    def unscoped_challenge(self) -> bool:
+        """Whether the last request met the frontend's 401 with a Bearer challenge that
+        named no scope (and did not call the token invalid): the ingest API's. Its
+        token then covers only the ``repositories`` the client was made with, so an
+        answer of BLOB_UPLOAD_UNKNOWN or 401 may only mean the upload's is not one."""
+        return self._unscoped
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -307,19 +329,38 @@ class RegistryClient:
         challenge this client can answer, once more with the answer. Not for a body
         that cannot be sent twice (``replayable=False``: a 401 is then the answer).
         ``stream``: the body is left unread, for the caller to read and close."""
+        self._unscoped = False
         sent = self._authorization()
         resp = self._once(method, url, sent, stream, headers, kwargs)
         if resp.status_code != 401 or not replayable:
+            self._note(resp)
             return resp
         try:
             answer = self._answer(resp, sent)
         except BaseException:
             resp.close()
             raise
+        # Only now: a token server's refusal (raised above) is not the frontend's.
+        self._note(resp)
         if answer is None:
             return resp
         resp.close()
-        return self._once(method, url, answer, stream, headers, kwargs)
+        resp = self._once(method, url, answer, stream, headers, kwargs)
+        self._note(resp)
+        return resp
+
+    def _note(self, resp: httpx.Response) -> None:
+        """Record for :attr:`unscoped_challenge` what a 401 challenged with. Any other
+        answer leaves the record as it is: a 404 after the ingest API's challenge is
+        what that challenge explains."""
+        if resp.status_code != 401:
+            return
+        bearer = _challenges(resp).get("bearer")
+        self._unscoped = (
+            bearer is not None
+            and not bearer.params.get("scope", "").strip()
+            and bearer.params.get("error") != "invalid_token"
+        )
 
     def _once(
         self,
@@ -355,13 +396,7 @@ class RegistryClient:
         after carrying ``sent``; None when there is nothing better to try: no
         credentials for Basic, the same ones already refused, or a challenge this
         client does not read (the 401 is then the answer)."""
-        challenges: list[Challenge] = []
-        for value in resp.headers.get_list("www-authenticate"):
-            with contextlib.suppress(ChallengeInvalid):
-                challenges += parse_challenges(value)
-        schemes: dict[str, Challenge] = {}
-        for c in challenges:
-            schemes.setdefault(c.scheme.lower(), c)
+        schemes = _challenges(resp)
         if "bearer" in schemes:
             return self._bearer(schemes["bearer"], sent)
         if "basic" in schemes and self._credentials is not None:
@@ -694,6 +729,19 @@ class RegistryClient:
                 raise VerificationTimeout(detail={"upload_id": upload_id})
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
+
+
+def _challenges(resp: httpx.Response) -> dict[str, Challenge]:
+    """The challenges of ``resp``'s ``WWW-Authenticate`` headers by scheme (in lower
+    case; the first of each); unreadable ones are left out."""
+    challenges: list[Challenge] = []
+    for value in resp.headers.get_list("www-authenticate"):
+        with contextlib.suppress(ChallengeInvalid):
+            challenges += parse_challenges(value)
+    schemes: dict[str, Challenge] = {}
+    for c in challenges:
+        schemes.setdefault(c.scheme.lower(), c)
+    return schemes
 
 
 def _token_url(realm: str) -> httpx.URL:

@@ -675,8 +675,12 @@ def test_the_cli_pushes_pulls_retries_and_cancels_with_basic_credentials(
             break
         time.sleep(0.05)
     assert (st["attempt"], st["state"]) == (2, "failed"), st
+    # --repo (for a token's scope) is accepted with Basic credentials and changes nothing.
     fixed = ingest_cli(
-        reg, tmp_path, "--json", "retry", upload_id, "--digest", sha256(data), creds=alice
+        reg,
+        tmp_path,
+        *("--json", "retry", upload_id, "--digest", sha256(data), "--repo", "auth/cli"),
+        creds=alice,
     )
     assert fixed.returncode == 0, fixed.stderr.decode()
     assert json.loads(fixed.stdout)["status"] == "committed"
@@ -685,8 +689,11 @@ def test_the_cli_pushes_pulls_retries_and_cancels_with_basic_credentials(
         reg, tmp_path, "push", str(f), "--repo", "auth/cli", "--digest", sha256(b"x"), creds=alice
     )
     assert again.returncode == 3
-    cancelled = ingest_cli(reg, tmp_path, "cancel", _upload_id(again), creds=alice)
+    cancelled = ingest_cli(
+        reg, tmp_path, "cancel", _upload_id(again), "--repo", "auth/cli", creds=alice
+    )
     assert cancelled.returncode == 0, cancelled.stderr.decode()
+    assert "hint:" not in cancelled.stderr.decode()
 
 
 def test_the_cli_with_a_wrong_password_or_none_is_exit_3_unauthorized(
@@ -774,3 +781,147 @@ def test_the_cli_pushes_and_pulls_with_a_token_it_reuses(
     )
     assert refused.returncode == 3, refused.stderr.decode()
     assert "error: UNAUTHORIZED: the token does not grant" in refused.stderr.decode()
+
+
+def _failed_at(reg: Registry, upload_id: str, repository: str, attempt: int) -> dict[str, Any]:
+    """The status of ``upload_id`` once its ``attempt`` has failed (polled with a token
+    of alice's for ``repository``)."""
+    deadline = time.monotonic() + 30
+    with reg.client("alice", f"repository:{repository}:pull,push") as alice:
+        while True:
+            got = alice.get(f"/ingest/v1/uploads/{upload_id}")
+            assert got.status_code == 200, got.text
+            st: dict[str, Any] = got.json()
+            if (st["attempt"], st["state"]) == (attempt, "failed") or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert (st["attempt"], st["state"]) == (attempt, "failed"), st
+    return st
+
+
+def test_the_cli_reaches_uploads_by_id_with_a_token_for_repo(
+    token_registry: Registry, tmp_path: Path
+) -> None:
+    """The ingest API's challenge names no scope (it would reveal an upload's
+    repository): ``--repo`` has the token cover it, as a push asks for its own."""
+    reg = token_registry
+    assert reg.tokens is not None
+    alice = ("alice", PASSWORDS["alice"])
+    repo, other, third = "auth/cli-by-id", "auth/cli-by-id-other", "auth/cli-by-id-cancel"
+    scope = {r: f"repository:{r}:pull,push" for r in (repo, other, third)}
+    data = os.urandom(200_000)
+    f = tmp_path / "blob.bin"
+    f.write_bytes(data)
+
+    def failed_push(repository: str) -> str:
+        run = ingest_cli(
+            reg,
+            tmp_path,
+            *("push", str(f), "--repo", repository, "--digest", sha256(b"typo")),
+            creds=alice,
+        )
+        assert run.returncode == 3, run.stderr.decode()
+        assert "DIGEST_INVALID" in run.stderr.decode()
+        return _upload_id(run)
+
+    mine, theirs, doomed = failed_push(repo), failed_push(other), failed_push(third)
+
+    def tokens_since(since: int) -> list[tuple[str | None, tuple[str, ...], tuple[str, ...]]]:
+        assert reg.tokens is not None
+        return [(r.user, r.scopes, r.granted) for r in reg.tokens.requests[since:]]
+
+    # Without --repo: the token is for nothing, the upload looks unknown, and the
+    # message says what to do; the taxonomy's exit code stays.
+    for args in (("status", mine), ("retry", mine, "--no-wait"), ("cancel", mine)):
+        since = len(reg.tokens.requests)
+        run = ingest_cli(reg, tmp_path, *args, creds=alice)
+        err = run.stderr.decode()
+        assert run.returncode == 3, err
+        assert "error: BLOB_UPLOAD_UNKNOWN: " in err
+        assert "hint: in token mode, pass --repo REPOSITORY so the token covers it" in err
+        assert tokens_since(since) == [("alice", (), ())]
+    since = len(reg.tokens.requests)
+    nothing = ingest_cli(reg, tmp_path, "--json", "retry", "--failed", creds=alice)
+    assert nothing.returncode == 0, nothing.stderr.decode()
+    assert json.loads(nothing.stdout) == {"queued": [], "errors": []}
+    assert "in token mode, pass --repo REPOSITORY" in nothing.stderr.decode()
+    assert tokens_since(since) == [("alice", (), ())]
+    assert _failed_at(reg, mine, repo, 1)["error"]["code"] == "DIGEST_INVALID"  # untouched
+
+    # With --repo: one token, asked for push on it, and the upload is found.
+    since = len(reg.tokens.requests)
+    seen = ingest_cli(reg, tmp_path, "--json", "status", mine, "--repo", repo, creds=alice)
+    assert seen.returncode == 0, seen.stderr.decode()
+    st = json.loads(seen.stdout)
+    assert (st["repository"], st["state"], st["error"]["code"]) == (
+        repo,
+        "failed",
+        "DIGEST_INVALID",
+    )
+    assert tokens_since(since) == [("alice", (scope[repo],), (scope[repo],))]
+    # The wrong repository reveals nothing, and gets no hint: --repo was given.
+    wrong = ingest_cli(reg, tmp_path, "status", mine, "--repo", other, creds=alice)
+    assert wrong.returncode == 3, wrong.stderr.decode()
+    assert "error: BLOB_UPLOAD_UNKNOWN: " in wrong.stderr.decode()
+    assert "hint:" not in wrong.stderr.decode()
+
+    # The bulk retry re-queues the failures of the repositories its token covers only.
+    since = len(reg.tokens.requests)
+    bulk = ingest_cli(
+        reg,
+        tmp_path,
+        *("--json", "retry", "--failed", "--code", "DIGEST_INVALID", "--repo", repo),
+        creds=alice,
+    )
+    assert bulk.returncode == 0, bulk.stderr.decode()
+    assert [q["upload_id"] for q in json.loads(bulk.stdout)["queued"]] == [mine]
+    assert "hint:" not in bulk.stderr.decode()
+    assert tokens_since(since) == [("alice", (scope[repo],), (scope[repo],))]
+    _failed_at(reg, mine, repo, 2)  # the same claim fails the same way
+    _failed_at(reg, theirs, other, 1)  # not re-queued: still its first attempt
+    # One token with several repository scopes: the frontend acts on each of them.
+    since = len(reg.tokens.requests)
+    both = ingest_cli(
+        reg,
+        tmp_path,
+        *("--json", "retry", "--failed", "--repo", repo, "--repo", other),
+        creds=alice,
+    )
+    assert both.returncode == 0, both.stderr.decode()
+    assert sorted(q["upload_id"] for q in json.loads(both.stdout)["queued"]) == sorted(
+        [mine, theirs]
+    )
+    [(user, asked, granted)] = tokens_since(since)
+    assert user == "alice"
+    assert set(asked) == set(granted) == {scope[repo], scope[other]}
+    _failed_at(reg, mine, repo, 3)
+    _failed_at(reg, theirs, other, 2)
+    _failed_at(reg, doomed, third, 1)  # no token covered its repository
+
+    # retry by id with the right digest commits; status shows it.
+    fixed = ingest_cli(
+        reg,
+        tmp_path,
+        *("--json", "retry", mine, "--digest", sha256(data), "--repo", repo),
+        creds=alice,
+    )
+    assert fixed.returncode == 0, fixed.stderr.decode()
+    result = json.loads(fixed.stdout)
+    assert (result["status"], result["repository"], result["digest"]) == (
+        "committed",
+        repo,
+        sha256(data),
+    )
+    done = ingest_cli(reg, tmp_path, "--json", "status", mine, "--repo", repo, creds=alice)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["state"] == "committed"
+    with reg.client("alice", f"repository:{repo}:pull") as reader:
+        assert reader.get(f"/v2/{repo}/blobs/{sha256(data)}").content == data
+
+    # cancel by id, on another upload.
+    cancelled = ingest_cli(reg, tmp_path, "cancel", doomed, "--repo", third, creds=alice)
+    assert cancelled.returncode == 0, cancelled.stderr.decode()
+    assert f"cancelled {doomed}" in cancelled.stdout.decode()
+    gone = ingest_cli(reg, tmp_path, "status", doomed, "--repo", third, creds=alice)
+    assert gone.returncode == 3, gone.stderr.decode()
+    assert "error: BLOB_UPLOAD_UNKNOWN: " in gone.stderr.decode()

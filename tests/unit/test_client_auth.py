@@ -21,9 +21,9 @@ from click.testing import CliRunner
 from ingest import client as client_module
 from ingest.cli import cli
 from ingest.client import SLICE, Credentials, RegistryClient
-from ingest.errors import StorageUnavailable, TooManyRequests, Unauthorized, Unknown
+from ingest.errors import NameInvalid, StorageUnavailable, TooManyRequests, Unauthorized, Unknown
 from tests.unit.fakes import sha256
-from tests.unit.test_cli import FakeRegistry
+from tests.unit.test_cli import UPLOAD_ID, FakeRegistry
 
 ALICE = Credentials("alice", "pa55-w0rd")
 REALM = "http://auth.test/token"
@@ -83,10 +83,13 @@ class AuthRegistry:
 
         return Transport()
 
-    def client(self, credentials: Credentials | None = ALICE) -> RegistryClient:
+    def client(
+        self, credentials: Credentials | None = ALICE, repositories: Iterable[str] = ()
+    ) -> RegistryClient:
         return RegistryClient(
             "http://registry.test",
             credentials=credentials,
+            repositories=repositories,
             transport=self.transport(),
             clock=self.clock,
         )
@@ -270,6 +273,43 @@ def test_a_streamed_patch_is_never_sent_twice() -> None:
     with reg.client() as client, pytest.raises(Unauthorized):
         push(client, "r/p", DATA)
     assert [m for m, *_ in reg.seen].count("PATCH") == 1
+
+
+def test_the_ingest_apis_challenge_names_no_scope_so_repositories_give_the_token_one() -> None:
+    reg = AuthRegistry("bearer")
+    with reg.client() as client:
+        push(client, "r/p", DATA)  # the upload the fake's ingest API answers for
+    reg.token_requests.clear()
+    with reg.client() as client, pytest.raises(Unauthorized):
+        client.status(UPLOAD_ID)
+    assert client.unscoped_challenge
+    assert reg.scopes_asked() == [[]]  # the challenge named nothing to ask for
+    reg.token_requests.clear()
+    with reg.client(repositories=["r/q", "r/p", "r/p"]) as client:
+        assert client.status(UPLOAD_ID)["state"] == "committed"
+        assert client.unscoped_challenge  # met, and answered with the token
+        client.status(UPLOAD_ID)
+        assert not client.unscoped_challenge  # the kept token went out from the start
+    assert reg.scopes_asked() == [["repository:r/p:pull,push", "repository:r/q:pull,push"]]
+
+
+def test_a_token_servers_refusal_or_a_bad_token_is_no_unscoped_challenge() -> None:
+    reg = AuthRegistry("bearer")
+    reg.upload_repository = "r/p"
+    with reg.client(Credentials("alice", "wrong")) as client:
+        with pytest.raises(Unauthorized, match="token server"):
+            client.status(UPLOAD_ID)
+        assert not client.unscoped_challenge  # the credentials are at fault, not the scope
+    reg.token_reply = lambda request: httpx.Response(200, json={"token": "forged"})
+    with reg.client(repositories=["r/p"]) as client:
+        with pytest.raises(Unauthorized):
+            client.status(UPLOAD_ID)
+        assert not client.unscoped_challenge  # error="invalid_token": the token is at fault
+
+
+def test_repositories_must_be_valid_names() -> None:
+    with pytest.raises(NameInvalid):
+        RegistryClient("http://registry.test", repositories=["r/p", "r/p:push"])
 
 
 def test_without_credentials_the_token_is_asked_for_anonymously(tmp_path: Path) -> None:
@@ -484,3 +524,55 @@ def test_cli_credential_usage_errors_are_exit_2(
     run = invoke(*args, input=b"blob bytes", env=env)
     assert run.exit_code == 2, run.output
     assert message in run.stderr
+
+
+ALICE_ENV = {"INGEST_USERNAME": "alice", "INGEST_PASSWORD": "pa55-w0rd"}
+
+
+def test_cli_by_upload_id_in_token_mode_takes_repo_and_hints_without_it(
+    wired: Callable[[str], AuthRegistry],
+) -> None:
+    reg = wired("bearer")
+    with reg.client() as client:
+        push(client, "r/p", DATA)
+    url = ("--url", "http://registry.test")
+    bare = invoke("status", UPLOAD_ID, *url, env=ALICE_ENV)
+    assert bare.exit_code == 3, bare.output
+    assert "error: UNAUTHORIZED: " in bare.stderr
+    assert "hint: in token mode, pass --repo REPOSITORY so the token covers it" in bare.stderr
+    scoped = invoke("--json", "status", UPLOAD_ID, *url, "--repo", "r/p", env=ALICE_ENV)
+    assert scoped.exit_code == 0, scoped.output
+    assert json.loads(scoped.stdout)["state"] == "committed"
+    assert reg.scopes_asked()[-1] == ["repository:r/p:pull,push"]
+
+
+def test_cli_gives_no_token_hint_for_a_wrong_password(
+    wired: Callable[[str], AuthRegistry],
+) -> None:
+    for mode in ("basic", "bearer"):
+        reg = wired(mode)
+        reg.upload_repository = "r/p"
+        env = {**ALICE_ENV, "INGEST_PASSWORD": "wrong"}
+        run = invoke("status", UPLOAD_ID, "--url", "http://registry.test", env=env)
+        assert run.exit_code == 3, run.output
+        assert "error: UNAUTHORIZED: " in run.stderr
+        assert "hint:" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", UPLOAD_ID, "--repo", "r/p"], "give the frontend with --url"),
+        (["retry", "--failed", "--repo", "r/p"], "give the frontend with --url"),
+        (["cancel", UPLOAD_ID, "--url", "http://r", "--repo", "R/P"], "Invalid value for '--repo'"),
+        (["retry", "--failed", "--url", "http://r", "--repo", "r/p", "--repo", ""], "'--repo'"),
+    ],
+)
+def test_cli_repo_usage_errors_are_exit_2(
+    wired: Callable[[str], AuthRegistry], args: list[str], message: str
+) -> None:
+    wired("bearer")
+    run = invoke(*args, env={**ALICE_ENV, "INGEST_URL": ""})
+    assert run.exit_code == 2, run.output
+    assert message in run.stderr
+    assert "Traceback" not in run.output

@@ -51,6 +51,7 @@ TOKENS = {
     "Bearer push-a": Identity("alice", (_repo(A, "pull", "push"),)),
     "Bearer push-a-pull-b": Identity("alice", (_repo(A, "pull", "push"), _repo(B, "pull"))),
     "Bearer push-b": Identity("bob", (_repo(B, "pull", "push"),)),
+    "Bearer push-a-push-b": Identity("alice", (_repo(A, "pull", "push"), _repo(B, "pull", "push"))),
     "Bearer delete-a": Identity("root", (_repo(A, "delete"),)),
     "Bearer admin": Identity("root", (_repo(A, "*"), _repo(B, "*"), CATALOG)),
 }
@@ -515,6 +516,16 @@ def test_the_bulk_retry_acts_only_on_uploads_the_caller_may_push_to(bearer: Env)
     assert_error(anonymous, 401, "UNAUTHORIZED")
     assert anonymous.headers["www-authenticate"] == _challenge()
     assert len(bearer.queue.calls) == 4
+
+
+def test_the_bulk_retry_with_push_on_several_repositories_acts_on_each(bearer: Env) -> None:
+    """One token for several repositories (``ingest retry --failed --repo A --repo B``)."""
+    mine = _failed_upload(bearer, A, _h("Bearer push-a"))
+    theirs = _failed_upload(bearer, B, _h("Bearer push-b"))
+    r = bearer.client.post("/ingest/v1/failed-uploads/retry", headers=_h("Bearer push-a-push-b"))
+    assert r.status_code == 200, r.text
+    assert r.json()["errors"] == []
+    assert sorted(q["upload_id"] for q in r.json()["queued"]) == sorted([mine, theirs])
 
 
 # -- the audit line --------------------------------------------------------------------
